@@ -1,0 +1,3 @@
+"""pytest-ppd: measure append-prefill under SGLang prefill/decode disaggregation."""
+
+__version__ = "0.1.0"

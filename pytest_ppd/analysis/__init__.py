@@ -1,0 +1,1 @@
+"""Pure analysis of measured records: roofline floor, regimes, scaling, routing."""

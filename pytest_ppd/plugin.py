@@ -1,0 +1,1 @@
+"""pytest plugin entry point (options and fixtures arrive with the plugin issue)."""

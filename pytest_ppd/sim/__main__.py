@@ -1,0 +1,48 @@
+"""``python -m pytest_ppd.sim``: run one simulated engine until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from pytest_ppd.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pytest_ppd.sim.args import resolve
+
+    try:
+        cfg = resolve(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    level = getattr(logging, str(cfg.args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="[%(asctime)s] %(message)s", stream=sys.stdout)
+    log = logging.getLogger("pytest_ppd.sim")
+    log.info("sim engine: model=%s gpu=%s mode=%s pool=%d tokens chunk=%d max_running=%d",
+             cfg.model.name, cfg.gpu.name, cfg.args.disaggregation_mode, cfg.pool_tokens,
+             cfg.chunked_prefill_size, cfg.max_running_requests)
+    from pytest_ppd.sim.server import serve
+
+    async def run() -> None:
+        task = asyncio.ensure_future(serve(cfg))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:  # typically: address already in use
+        print(f"error: cannot serve on {cfg.args.host}:{cfg.args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Command line of the simulated engine: SGLang's launch_server flags plus --sim-*.
+
+The SGLang flags keep SGLang 0.5.23's spelling and defaults, so one command
+builder serves both backends; ``--sim-*`` flags choose the simulated hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.specs import GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec, model_spec
+
+DISAGG_MODES = ("null", "prefill", "decode")
+TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori")
+LOAD_FORMATS = ("auto", "pt", "safetensors", "npcache", "dummy", "sharded_state", "gguf",
+                "bitsandbytes", "layered", "remote", "remote_instance", "fastsafetensors",
+                "private", "runai_streamer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pytest_ppd.sim",
+        description="SGLang-compatible simulated engine (HTTP API, P/D bootstrap, radix cache, "
+        "continuous batching, roofline step times).",
+    )
+    sg = p.add_argument_group("SGLang launch_server flags (same spelling and defaults)")
+    sg.add_argument("--model-path", "--model", required=True,
+                    help="model directory with config.json, a config.json, or a built-in model name")
+    sg.add_argument("--tokenizer-path", default=None)
+    sg.add_argument("--served-model-name", default=None)
+    sg.add_argument("--host", default="127.0.0.1")
+    sg.add_argument("--port", type=int, default=30000)
+    sg.add_argument("--tp-size", "--tp", type=int, default=1)
+    sg.add_argument("--base-gpu-id", type=int, default=0)
+    sg.add_argument("--mem-fraction-static", type=float, default=None)
+    sg.add_argument("--max-total-tokens", type=int, default=None)
+    sg.add_argument("--chunked-prefill-size", type=int, default=None)
+    sg.add_argument("--max-running-requests", type=int, default=None)
+    sg.add_argument("--page-size", type=int, default=None)
+    sg.add_argument("--context-length", type=int, default=None)
+    sg.add_argument("--disable-radix-cache", action="store_true")
+    sg.add_argument("--skip-tokenizer-init", action="store_true")
+    sg.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
+    sg.add_argument("--enable-metrics", action="store_true")
+    sg.add_argument("--api-key", default=None)
+    sg.add_argument("--log-level", default="info")
+    sg.add_argument("--random-seed", type=int, default=None)
+    sg.add_argument("--disaggregation-mode", default="null", choices=DISAGG_MODES)
+    sg.add_argument("--disaggregation-transfer-backend", default="mooncake", choices=TRANSFER_BACKENDS)
+    sg.add_argument("--disaggregation-bootstrap-port", type=int, default=8998)
+    sg.add_argument("--disaggregation-ib-device", default=None)
+    sim = p.add_argument_group("simulation (--sim-*)")
+    sim.add_argument("--sim-gpu", default="H100-SXM", help="GPU to simulate (default: H100-SXM)")
+    sim.add_argument("--sim-link", default="ib-ndr", help="P/D KV-transfer link (default: ib-ndr)")
+    sim.add_argument("--sim-profile", default=None, help="cost profile JSON (default: built-in)")
+    sim.add_argument("--sim-slowdown", type=float, default=1.0,
+                     help="multiply every step time by this factor >= 1 (default: 1.0)")
+    sim.add_argument("--sim-kv-timeout", type=float, default=300.0,
+                     help="decode side: seconds to wait for a room's KV (default: 300)")
+    return p
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Parsed and resolved engine configuration."""
+
+    args: argparse.Namespace
+    model: ModelSpec
+    gpu: GpuSpec
+    link: LinkSpec
+    mem_fraction_static: float
+    chunked_prefill_size: int
+    max_running_requests: int
+    page_size: int
+    context_length: int
+    pool_tokens: int
+
+
+def default_mem_fraction_static(gpu: GpuSpec, tp_size: int) -> float:
+    """SGLang's rule of thumb by GPU memory: more reserved headroom on smaller parts."""
+    gib = gpu.memory_bytes / (1 << 30)
+    if gib < 40:
+        return 0.80
+    if gib < 60:
+        return 0.83
+    if gib < 100:
+        return 0.85 if tp_size < 4 else 0.87
+    return 0.88
+
+
+def default_chunked_prefill_size(gpu: GpuSpec) -> int:
+    gib = gpu.memory_bytes / (1 << 30)
+    if gib < 35:
+        return 2048
+    if gib < 60:
+        return 4096
+    if gib < 160:
+        return 8192
+    return 16384
+
+
+def pool_tokens_for(model: ModelSpec, gpu: GpuSpec, mem_fraction_static: float, tp_size: int,
+                    page_size: int) -> int:
+    """Token pool as SGLang sizes it: (memory x fraction - weights) / KV bytes per token, per page."""
+    rest = gpu.memory_bytes * mem_fraction_static - model.weight_bytes / tp_size
+    per_token = model.kv_bytes_per_token / tp_size
+    tokens = int(rest // per_token) if rest > 0 else 0
+    return tokens - tokens % page_size
+
+
+def resolve(argv: list[str] | None = None) -> SimConfig:
+    """Parse argv and derive every default; raises ConfigError with the fix on bad values."""
+    args = build_parser().parse_args(argv)
+    model = model_spec(args.model_path)
+    gpu, link = gpu_spec(args.sim_gpu), link_spec(args.sim_link)
+    if args.tp_size < 1:
+        raise ConfigError("--tp-size must be >= 1")
+    page = args.page_size or 1
+    if page < 1:
+        raise ConfigError("--page-size must be >= 1")
+    frac = args.mem_fraction_static or default_mem_fraction_static(gpu, args.tp_size)
+    if not 0 < frac < 1:
+        raise ConfigError(f"--mem-fraction-static must be in (0, 1), got {frac}")
+    if args.sim_slowdown < 1.0:
+        raise ConfigError(f"--sim-slowdown must be >= 1.0, got {args.sim_slowdown}")
+    pool = pool_tokens_for(model, gpu, frac, args.tp_size, page)
+    if args.max_total_tokens is not None:
+        pool = min(pool, args.max_total_tokens)
+    if pool <= 0:
+        raise ConfigError(
+            f"{model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV pool on "
+            f"{gpu.name} at --mem-fraction-static {frac}; raise it, raise --tp-size, or pick a larger --sim-gpu")
+    context = args.context_length or model.context_length
+    return SimConfig(
+        args=args, model=model, gpu=gpu, link=link, mem_fraction_static=frac,
+        chunked_prefill_size=args.chunked_prefill_size or default_chunked_prefill_size(gpu),
+        max_running_requests=args.max_running_requests or min(4096, max(pool // 2, 1)),
+        page_size=page, context_length=context, pool_tokens=pool,
+    )

@@ -1,0 +1,115 @@
+"""Step time of one engine forward pass, from a roofline of (GpuSpec, ModelSpec).
+
+Per operator class, each bounded by compute or by HBM traffic::
+
+    T = c0 + max(F_linear / (eta_gemm P), B_weights / (eta_w W))
+           + max(F_attn / (eta_attn P), B_kv / (eta_kv W))
+
+P and W are the GPU's peak FLOP/s and HBM bytes/s; the efficiencies are capped
+at what the hardware can reach, so a step is never faster than its floor. The
+coefficients live in a profile (JSON), which ``ppd calibrate`` can fit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+from pytest_ppd.analysis.roofline import attention_flops
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.specs import GpuSpec, ModelSpec
+
+# What GEMMs and HBM streams reach at best on H100-class parts.
+EFFICIENCY_CAPS = {"eta_gemm": 0.8, "eta_w": 0.9, "eta_attn": 0.8, "eta_kv": 0.9}
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """Coefficients of the cost model. Times in seconds, efficiencies in (0, cap]."""
+
+    name: str = "default"
+    c0_prefill_s: float = 0.003  # launch + scheduler overhead of an extend batch
+    c0_decode_s: float = 0.001  # a CUDA-graph decode step
+    request_overhead_s: float = 0.002  # tokenizer-manager / detokenizer IPC per request
+    eta_gemm: float = 0.70
+    eta_w: float = 0.85
+    eta_attn: float = 0.55
+    eta_kv: float = 0.80
+    slowdown: float = 1.0  # multiplies every step (what-if and fault studies), >= 1
+
+    def __post_init__(self) -> None:
+        for key, cap in EFFICIENCY_CAPS.items():
+            value = getattr(self, key)
+            if not 0 < value <= cap:
+                raise ConfigError(f"cost profile {self.name!r}: {key}={value} must be in (0, {cap}]")
+        for key in ("c0_prefill_s", "c0_decode_s", "request_overhead_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"cost profile {self.name!r}: {key} must be >= 0")
+        if self.slowdown < 1.0:
+            raise ConfigError(f"cost profile {self.name!r}: slowdown must be >= 1.0 (a floor never drops)")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CostProfile":
+        """Read a profile JSON written by `ppd calibrate` (unknown keys are an error)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read cost profile {path}: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        coeffs = data.get("coefficients", data) if isinstance(data, dict) else None
+        if not isinstance(coeffs, dict) or set(coeffs) - known:
+            extra = sorted(set(coeffs or {}) - known) if isinstance(coeffs, dict) else coeffs
+            raise ConfigError(f"cost profile {path}: unexpected keys {extra}; accepted: {sorted(known)}")
+        return cls(**coeffs)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"coefficients": asdict(self)}, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Extend:
+    """`new` tokens computed after `prefix` tokens already in the KV cache."""
+
+    new: int
+    prefix: int
+    logits: bool = True  # whether this chunk ends the prompt (one lm_head row)
+
+
+class CostModel:
+    """Maps a batch (extend chunks or decode contexts) to its step time."""
+
+    def __init__(self, model: ModelSpec, gpu: GpuSpec, profile: CostProfile | None = None,
+                 tp_size: int = 1) -> None:
+        self.model, self.gpu = model, gpu
+        self.profile = profile or CostProfile()
+        self.tp_size = tp_size
+
+    def _time(self, c0: float, tokens: int, logits: int, f_attn: float, b_kv: float) -> float:
+        p, m, g = self.profile, self.model, self.gpu
+        tp = self.tp_size
+        f_linear = (2.0 * m.nonembedding_params * tokens + 2.0 * m.lm_head_params * logits) / tp
+        b_weights = m.step_weight_bytes / tp
+        linear = max(f_linear / (p.eta_gemm * g.peak_flops), b_weights / (p.eta_w * g.hbm_bytes_per_s))
+        attn = max(f_attn / tp / (p.eta_attn * g.peak_flops), b_kv / tp / (p.eta_kv * g.hbm_bytes_per_s))
+        allreduce = 0.0 if tp == 1 else 2 * m.num_layers * 10e-6
+        return (c0 + linear + attn + allreduce) * p.slowdown
+
+    def extend_time(self, chunks: Iterable[Extend]) -> float:
+        """Step time of one extend (prefill) batch."""
+        chunks = list(chunks)
+        tokens = sum(c.new for c in chunks)
+        f_attn = sum(attention_flops(self.model, c.new, c.prefix) for c in chunks)
+        b_kv = sum(c.prefix + c.new for c in chunks) * self.model.kv_bytes_per_token
+        logits = sum(1 for c in chunks if c.logits)
+        return self._time(self.profile.c0_prefill_s, tokens, logits, f_attn, b_kv)
+
+    def decode_time(self, contexts: Iterable[int]) -> float:
+        """Step time of one decode batch; contexts are each sequence's current length."""
+        contexts = list(contexts)
+        if not contexts:
+            return self.profile.c0_decode_s * self.profile.slowdown
+        f_attn = sum(attention_flops(self.model, 1, c) for c in contexts)
+        b_kv = (sum(contexts) + len(contexts)) * self.model.kv_bytes_per_token
+        return self._time(self.profile.c0_decode_s, len(contexts), len(contexts), f_attn, b_kv)

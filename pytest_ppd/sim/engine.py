@@ -1,0 +1,239 @@
+"""The simulated engine core: admission, chunked prefill, continuous batching.
+
+It knows nothing of clocks or HTTP. A driver asks ``schedule(now)`` for the
+next batch, waits ``batch.duration_s`` on its clock (wall or virtual), then
+calls ``complete(batch, now)`` and delivers the returned events. Step times
+come from an injected cost model; ordering is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pytest_ppd.sim.costmodel import CostModel, Extend
+from pytest_ppd.sim.radix import RadixCache, _Node
+
+Mode = Literal["null", "prefill", "decode"]
+
+
+@dataclass(eq=False)
+class SimRequest:
+    """One generate request as the engine tracks it; times are on the driver's clock (s)."""
+
+    rid: str
+    input_ids: list[int]
+    max_new_tokens: int
+    arrival_s: float
+    preset_first_token: int | None = None  # decode side of P/D: computed by the prefill engine
+    preset_cached_tokens: int = 0
+    cached_tokens: int = 0
+    computed: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    owned: int = 0  # pool tokens held outside the radix tree
+    node: _Node | None = None
+    forward_entry_s: float | None = None
+    first_token_s: float | None = None
+    prefill_finished_s: float | None = None
+    finished_s: float | None = None
+    finish_reason: dict | None = None
+    aborted: bool = False
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def remaining_reserve(self) -> int:
+        return max(self.max_new_tokens - len(self.output_ids), 0)
+
+
+@dataclass(frozen=True)
+class Batch:
+    kind: Literal["extend", "decode"]
+    items: tuple[tuple[SimRequest, int], ...]  # (request, tokens computed for it)
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a completed batch means for one request."""
+
+    req: SimRequest
+    new_ids: tuple[int, ...]
+    finished: bool
+
+
+class Engine:
+    """One engine instance (one GPU, or one TP group)."""
+
+    def __init__(self, cost: CostModel, pool_tokens: int, *, mode: Mode = "null",
+                 chunked_prefill_size: int = 8192, max_running_requests: int = 1024,
+                 page_size: int = 1, disable_radix_cache: bool = False) -> None:
+        if pool_tokens <= 0:
+            raise ValueError(f"token pool must be > 0 tokens, got {pool_tokens}")
+        self.cost, self.pool_tokens, self.mode = cost, pool_tokens, mode
+        self.chunk = chunked_prefill_size if chunked_prefill_size > 0 else 1 << 62
+        self.max_running = max_running_requests
+        self.cache = RadixCache(page_size=page_size, disabled=disable_radix_cache)
+        self.waiting: deque[SimRequest] = deque()
+        self.prefilled: deque[SimRequest] = deque()  # decode side: KV arrived, awaiting pool space
+        self.running: list[SimRequest] = []
+        self.chunking: SimRequest | None = None
+        self.vocab = cost.model.vocab_size
+
+    # -- pool accounting -------------------------------------------------
+    @property
+    def owned_tokens(self) -> int:
+        return sum(r.owned for r in self.running)
+
+    @property
+    def used_tokens(self) -> int:
+        return self.cache.total_size + self.owned_tokens
+
+    def _free_after_reserve(self) -> int:
+        reserve = sum(r.remaining_reserve for r in self.running)
+        return self.pool_tokens - self.used_tokens - reserve
+
+    def _make_room(self, need: int) -> bool:
+        short = need - self._free_after_reserve()
+        if short > 0:
+            self.cache.evict(short)
+        return self._free_after_reserve() >= need
+
+    def max_request_tokens(self) -> int:
+        return self.pool_tokens
+
+    # -- intake ----------------------------------------------------------
+    def add(self, req: SimRequest) -> None:
+        """Queue a request; the caller has validated it against the pool and context."""
+        if req.preset_first_token is not None:
+            self.prefilled.append(req)
+        else:
+            self.waiting.append(req)
+
+    def abort(self, req: SimRequest) -> None:
+        """Drop a request wherever it is, releasing what it holds (client went away)."""
+        req.aborted = True
+        for queue in (self.waiting, self.prefilled):
+            if req in queue:
+                queue.remove(req)
+        if req in self.running:
+            self._release(req, cache_it=False)
+        if self.chunking is req:
+            self.chunking = None
+
+    def flush(self) -> bool:
+        """Empty the prefix cache; refused (False) while requests are queued or running."""
+        if self.waiting or self.running or self.prefilled:
+            return False
+        return self.cache.flush()
+
+    def idle(self) -> bool:
+        return not (self.waiting or self.running or self.prefilled)
+
+    # -- scheduling --------------------------------------------------------
+    def schedule(self, now: float) -> Batch | None:
+        """The next batch: prefill has priority over decode (SGLang's default, no mixed chunks)."""
+        batch = self._schedule_extend(now)
+        if batch is not None:
+            return batch
+        return self._schedule_decode(now)
+
+    def _schedule_extend(self, now: float) -> Batch | None:
+        budget = self.chunk
+        items: list[tuple[SimRequest, int]] = []
+        chunks: list[Extend] = []
+        if self.chunking is not None:
+            req = self.chunking
+            n = min(req.prompt_len - req.computed, budget)
+            items.append((req, n))
+            chunks.append(Extend(n, req.computed, logits=req.computed + n == req.prompt_len))
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_running:
+            req = self.waiting[0]
+            match = self.cache.match_prefix(req.input_ids[: req.prompt_len - 1])
+            self.cache.lock(match.node)
+            need = req.prompt_len - match.length + req.max_new_tokens
+            if not self._make_room(need):
+                self.cache.unlock(match.node)
+                break  # head-of-line waits for memory, like SGLang's FCFS
+            self.waiting.popleft()
+            req.node, req.cached_tokens, req.computed = match.node, match.length, match.length
+            req.forward_entry_s = now
+            self.running.append(req)
+            n = min(req.prompt_len - req.computed, budget)
+            items.append((req, n))
+            chunks.append(Extend(n, req.computed, logits=req.computed + n == req.prompt_len))
+            budget -= n
+        if not items:
+            return None
+        for req, n in items:
+            req.owned += n
+        self.chunking = next((r for r, n in items if r.computed + n < r.prompt_len), None)
+        return Batch("extend", tuple(items), self.cost.extend_time(chunks))
+
+    def _schedule_decode(self, now: float) -> Batch | None:
+        while self.prefilled and len(self.running) < self.max_running:
+            req = self.prefilled[0]
+            if not self._make_room(req.prompt_len + req.max_new_tokens):
+                break
+            self.prefilled.popleft()
+            req.computed = req.prompt_len
+            req.owned = req.prompt_len
+            req.cached_tokens = req.preset_cached_tokens
+            req.forward_entry_s = now
+            self.running.append(req)
+        items = tuple((r, 1) for r in self.running if r.computed == r.prompt_len)
+        if not items:
+            return None
+        contexts = [r.prompt_len + len(r.output_ids) for r, _ in items if r.output_ids]
+        for req, _ in items:
+            req.owned += 1 if req.output_ids else 0
+        return Batch("decode", items, self.cost.decode_time(contexts))
+
+    # -- completion --------------------------------------------------------
+    def _next_token(self, req: SimRequest) -> int:
+        seed = req.input_ids[-1] if req.input_ids else 0
+        return (seed * 1103515245 + 12345 + 2654435761 * (len(req.output_ids) + 1)) % self.vocab
+
+    def complete(self, batch: Batch, now: float) -> list[Event]:
+        """Apply a finished batch; returns one event per request that produced tokens."""
+        events: list[Event] = []
+        for req, n in batch.items:
+            if req.aborted:
+                continue
+            if batch.kind == "extend":
+                req.computed += n
+                if req.computed < req.prompt_len:
+                    continue
+                req.prefill_finished_s = now
+            if req.preset_first_token is not None and not req.output_ids:
+                token = req.preset_first_token
+                req.prefill_finished_s = req.prefill_finished_s or now
+            else:
+                token = self._next_token(req)
+            req.output_ids.append(token)
+            if req.first_token_s is None:
+                req.first_token_s = now
+            done = len(req.output_ids) >= req.max_new_tokens or self.mode == "prefill"
+            if done:
+                req.finished_s = now
+                req.finish_reason = {"type": "length", "length": req.max_new_tokens}
+                self._release(req, cache_it=True)
+            events.append(Event(req, (token,), done))
+        return events
+
+    def _release(self, req: SimRequest, cache_it: bool) -> None:
+        if cache_it and self.mode != "decode":
+            # The last output token has no KV yet; SGLang caches input + output[:-1].
+            self.cache.insert(req.input_ids + req.output_ids[:-1])
+        if req.node is not None:
+            self.cache.unlock(req.node)
+            req.node = None
+        req.owned = 0
+        if req in self.running:
+            self.running.remove(req)
+        if self.chunking is req:
+            self.chunking = None

@@ -1,0 +1,197 @@
+"""A radix prefix cache over token ids, with page alignment, locking and LRU eviction.
+
+It mirrors what SGLang's RadixCache does for the quantities a benchmark can
+observe: how many leading tokens of a prompt are already cached, how many
+tokens the cache holds, and which ones go first when the pool is short::
+
+    cache = RadixCache(page_size=1)
+    cache.insert([1, 2, 3, 4])
+    cache.match_prefix([1, 2, 3, 9]).length   # 3
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix, by binary search over C-speed slice compares."""
+    hi = min(len(a), len(b))
+    if hi == 0 or a[0] != b[0]:
+        return 0
+    if tuple(a[:hi]) == tuple(b[:hi]):
+        return hi
+    lo = 1  # a[:lo] == b[:lo] holds; a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if tuple(a[lo:mid]) == tuple(b[lo:mid]):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(eq=False)
+class _Node:
+    key: tuple[int, ...] = ()
+    parent: "_Node | None" = None
+    children: dict[tuple[int, ...], "_Node"] = field(default_factory=dict)
+    lock_ref: int = 0
+    last_access: int = 0
+
+
+@dataclass(frozen=True)
+class Match:
+    """Result of a prefix lookup: the cached length and the node to lock."""
+
+    length: int
+    node: _Node
+
+
+class RadixCache:
+    """Token-id radix tree; sizes are in tokens."""
+
+    def __init__(self, page_size: int = 1, disabled: bool = False) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        self.page_size = page_size
+        self.disabled = disabled
+        self._clock = itertools.count(1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop every unlocked entry (what /flush_cache does when the server is idle)."""
+        self.root = _Node(lock_ref=1)
+        self.total_size = 0
+        self.protected_size = 0
+
+    @property
+    def evictable_size(self) -> int:
+        return self.total_size - self.protected_size
+
+    def _page_key(self, ids: Sequence[int]) -> tuple[int, ...]:
+        return tuple(ids[: self.page_size])
+
+    def _aligned(self, n: int) -> int:
+        return n - n % self.page_size
+
+    def match_prefix(self, ids: Sequence[int]) -> Match:
+        """Longest cached, page-aligned prefix of ids; touches the path for LRU."""
+        if self.disabled:
+            return Match(0, self.root)
+        ids = ids[: self._aligned(len(ids))]
+        node, matched, stamp = self.root, 0, next(self._clock)
+        while matched < len(ids):
+            child = node.children.get(self._page_key(ids[matched:]))
+            if child is None:
+                break
+            common = self._aligned(_common_prefix_len(child.key, ids[matched:]))
+            if common == 0:
+                break
+            partial = common < len(child.key)
+            if partial:
+                child = self._split(child, common)
+            child.last_access = stamp
+            node, matched = child, matched + common
+            if partial:
+                break
+        return Match(matched, node)
+
+    def _split(self, child: _Node, at: int) -> _Node:
+        """Split child so that its first `at` tokens become a new parent node."""
+        parent = child.parent
+        assert parent is not None
+        upper = _Node(key=child.key[:at], parent=parent, lock_ref=child.lock_ref,
+                      last_access=child.last_access)
+        parent.children[self._page_key(upper.key)] = upper
+        child.key = child.key[at:]
+        child.parent = upper
+        upper.children[self._page_key(child.key)] = child
+        return upper
+
+    def insert(self, ids: Sequence[int]) -> int:
+        """Cache ids (page-aligned); returns how many tokens were new."""
+        if self.disabled:
+            return 0
+        ids = tuple(ids[: self._aligned(len(ids))])
+        match = self.match_prefix(ids)
+        rest = ids[match.length:]
+        if not rest:
+            return 0
+        leaf = _Node(key=rest, parent=match.node, last_access=next(self._clock))
+        match.node.children[self._page_key(rest)] = leaf
+        self.total_size += len(rest)
+        return len(rest)
+
+    def lock(self, node: _Node) -> None:
+        """Protect node and its ancestors from eviction (a running request uses them)."""
+        while node is not self.root and node is not None:
+            if node.lock_ref == 0:
+                self.protected_size += len(node.key)
+            node.lock_ref += 1
+            node = node.parent  # type: ignore[assignment]
+
+    def unlock(self, node: _Node) -> None:
+        while node is not self.root and node is not None:
+            if node.lock_ref <= 0:
+                raise RuntimeError("radix cache unlock without a matching lock")
+            node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self.protected_size -= len(node.key)
+            node = node.parent  # type: ignore[assignment]
+
+    def evict(self, num_tokens: int) -> int:
+        """Free at least num_tokens from least-recently-used unlocked leaves; returns tokens freed."""
+        if num_tokens <= 0:
+            return 0
+        heap = [(n.last_access, id(n), n) for n in self._leaves() if n.lock_ref == 0]
+        heapq.heapify(heap)
+        freed = 0
+        while freed < num_tokens and heap:
+            _, _, node = heapq.heappop(heap)
+            parent = node.parent
+            assert parent is not None
+            del parent.children[self._page_key(node.key)]
+            freed += len(node.key)
+            self.total_size -= len(node.key)
+            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+        return freed
+
+    def _leaves(self) -> list[_Node]:
+        out, stack = [], list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            if node.children:
+                stack.extend(node.children.values())
+            else:
+                out.append(node)
+        return out
+
+    def flush(self) -> bool:
+        """Empty the cache if nothing is locked (SGLang refuses a flush with requests running)."""
+        if self.protected_size:
+            return False
+        self.reset()
+        return True
+
+    def check_invariants(self) -> None:
+        """Recount sizes from the tree; raises AssertionError on drift (used by the tests)."""
+        total = protected = 0
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            for key, child in node.children.items():
+                assert child.parent is node, "broken parent link"
+                assert key == self._page_key(child.key), "child keyed by the wrong page"
+                assert len(child.key) > 0 and len(child.key) % self.page_size == 0
+                assert child.lock_ref >= 0
+                assert child.lock_ref <= node.lock_ref or node is self.root, "child locked more than parent"
+                total += len(child.key)
+                protected += len(child.key) if child.lock_ref > 0 else 0
+                stack.append(child)
+        assert total == self.total_size, (total, self.total_size)
+        assert protected == self.protected_size, (protected, self.protected_size)

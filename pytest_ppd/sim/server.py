@@ -1,0 +1,373 @@
+"""The simulated engine's HTTP server: SGLang's API on the wall-clock driver.
+
+One process = one engine. In P/D mode a prefill engine also serves its
+bootstrap port, through which the decode engine waits for each room's KV (a
+real inter-process channel); the decode side then spends the modeled transfer
+time on its link before decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from pytest_ppd import __version__
+from pytest_ppd.sim.api import ApiError, GenerateRequest, error_body, parse_generate, realtime
+from pytest_ppd.sim.args import SimConfig
+from pytest_ppd.sim.clock import WallClockRunner
+from pytest_ppd.sim.costmodel import CostModel, CostProfile
+from pytest_ppd.sim.engine import Engine, Event, SimRequest
+
+log = logging.getLogger("pytest_ppd.sim")
+OPEN_PATHS = {"/health", "/health_generate", "/metrics"}
+
+
+@dataclass
+class _State:
+    req: SimRequest
+    created_s: float
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    wait_queue_entry_s: float = 0.0
+
+
+class SimServer:
+    """Routes and state of one simulated engine."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg, self.args = cfg, cfg.args
+        profile = CostProfile.load(self.args.sim_profile) if self.args.sim_profile else CostProfile()
+        if self.args.sim_slowdown != 1.0:
+            profile = CostProfile(**{**profile.__dict__, "slowdown": self.args.sim_slowdown})
+        self.profile = profile
+        cost = CostModel(cfg.model, cfg.gpu, profile, tp_size=self.args.tp_size)
+        self.engine = Engine(
+            cost, cfg.pool_tokens, mode=self.args.disaggregation_mode,
+            chunked_prefill_size=cfg.chunked_prefill_size,
+            max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
+            disable_radix_cache=self.args.disable_radix_cache,
+        )
+        self.runner = WallClockRunner(self.engine, self._deliver)
+        self.states: dict[int, _State] = {}
+        self.rooms: dict[int, tuple[float, asyncio.Future]] = {}
+        self.link_free_s = 0.0
+        self.http: httpx.AsyncClient | None = None
+        self.served = 0
+
+    # -- plumbing ----------------------------------------------------------
+    def _deliver(self, event: Event) -> None:
+        state = self.states.get(id(event.req))
+        if state is not None:
+            state.queue.put_nowait(event)
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        key = self.args.api_key
+        if key and request.path not in OPEN_PATHS:
+            if request.headers.get("Authorization", "") != f"Bearer {key}":
+                return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.auth], client_max_size=1 << 30)
+        r = app.router
+        r.add_post("/generate", self.generate)
+        r.add_get("/health", self.health)
+        r.add_get("/health_generate", self.health_generate)
+        for path in ("/flush_cache",):
+            r.add_post(path, self.flush_cache)
+            r.add_get(path, self.flush_cache)
+        for path in ("/server_info", "/get_server_info"):
+            r.add_get(path, self.server_info)
+        for path in ("/model_info", "/get_model_info"):
+            r.add_get(path, self.model_info)
+        r.add_get("/v1/models", self.models)
+        r.add_get("/get_load", self.get_load)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self.runner.start()
+        self.http = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(self.args.sim_kv_timeout))
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        await self.runner.stop()
+        if self.http:
+            await self.http.aclose()
+
+    # -- simple endpoints --------------------------------------------------
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def health_generate(self, _request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def flush_cache(self, _request: web.Request) -> web.Response:
+        if self.engine.flush():
+            return web.Response(text="Cache flushed.\nPlease check backend logs for more details. "
+                                "(When there are running or waiting requests, the operation will not be performed.)\n")
+        return web.Response(status=400, text="Cache not flushed. Please check backend logs for more details. "
+                            "(When there are running or waiting requests, the operation will not be performed.)\n")
+
+    def _served_name(self) -> str:
+        return self.args.served_model_name or self.args.model_path
+
+    async def model_info(self, _request: web.Request) -> web.Response:
+        return web.json_response({
+            "model_path": self.args.model_path,
+            "tokenizer_path": self.args.tokenizer_path or self.args.model_path,
+            "is_generation": True, "preferred_sampling_params": None,
+            "weight_version": "default", "has_image_understanding": False,
+            "has_audio_understanding": False, "model_type": self.cfg.model.config.get("model_type") if self.cfg.model.config else None,
+            "architectures": (self.cfg.model.config or {}).get("architectures"),
+        })
+
+    async def models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self._served_name(), "object": "model", "created": int(time.time()),
+            "owned_by": "sglang", "root": self._served_name(), "max_model_len": self.cfg.context_length,
+        }]})
+
+    async def get_load(self, _request: web.Request) -> web.Response:
+        e = self.engine
+        return web.json_response([{"dp_rank": 0, "num_reqs": len(e.running) + len(e.waiting),
+                                   "num_waiting_reqs": len(e.waiting), "num_tokens": e.used_tokens}])
+
+    async def server_info(self, _request: web.Request) -> web.Response:
+        args = {k: v for k, v in vars(self.args).items() if not k.startswith("sim_") and k != "api_key"}
+        args.update(mem_fraction_static=self.cfg.mem_fraction_static,
+                    chunked_prefill_size=self.cfg.chunked_prefill_size,
+                    max_running_requests=self.cfg.max_running_requests,
+                    page_size=self.cfg.page_size, context_length=self.cfg.context_length)
+        e = self.engine
+        internal = {
+            "max_total_num_tokens": self.cfg.pool_tokens,
+            "max_req_input_len": min(self.cfg.context_length - 1, self.cfg.pool_tokens - 1),
+            "last_gen_throughput": 0.0, "memory_usage": {"kvcache": e.used_tokens * self.cfg.model.kv_bytes_per_token / 2**30},
+            "avg_spec_accept_length": None,
+        }
+        sim = {
+            "gpu": self.cfg.gpu.name, "link": self.cfg.link.name, "profile": self.profile.__dict__,
+            "kv_bytes_per_token": self.cfg.model.kv_bytes_per_token, "cached_tokens_in_tree": e.cache.total_size,
+            "steps": self.runner.steps, "loop_lateness_s": self.runner.lateness_s, "served": self.served,
+        }
+        return web.json_response({**args, "max_total_num_tokens": self.cfg.pool_tokens,
+                                  "internal_states": [internal], "version": "0.5.23",
+                                  "sim": {"pytest_ppd": __version__, **sim}})
+
+    # -- /generate -----------------------------------------------------------
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        created = time.perf_counter()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.json_response(error_body("Invalid request body: not valid JSON"), status=400)
+        stream = isinstance(body, dict) and body.get("stream") is True
+        try:
+            gen = parse_generate(body, vocab_size=self.cfg.model.vocab_size,
+                                 context_length=self.cfg.context_length, pool_tokens=self.cfg.pool_tokens)
+            if self.args.disaggregation_mode == "decode" and gen.bootstrap_room is None:
+                raise ApiError("Decode mode needs a bootstrap_room (send requests through the P/D router).")
+        except ApiError as exc:
+            if stream and exc.status == 400 and not exc.message.startswith("Invalid request body"):
+                return await self._stream_error(request, exc.message)
+            return web.json_response(error_body(exc.message, exc.status), status=exc.status)
+        self.served += 1
+        rid = gen.rid or uuid.uuid4().hex
+        req = SimRequest(rid, gen.input_ids, gen.max_new_tokens, arrival_s=created)
+        if gen.max_new_tokens == 0:
+            return await self._finish_without_tokens(request, gen, req, created)
+        state = _State(req, created)
+        self.states[id(req)] = state
+        try:
+            if self.profile.request_overhead_s:
+                await asyncio.sleep(self.profile.request_overhead_s)
+            if self.args.disaggregation_mode == "decode":
+                failure = await self._receive_kv(gen, req)
+                if failure:
+                    return await self._fail(request, gen, failure)
+            state.wait_queue_entry_s = time.perf_counter()
+            self.engine.add(req)
+            self.runner.notify()
+            if gen.stream:
+                return await self._stream(request, gen, state)
+            return await self._unary(gen, state)
+        finally:
+            self.states.pop(id(req), None)
+            if req.finished_s is None:
+                self.engine.abort(req)
+                self.runner.notify()
+            self._publish_room(gen, req)
+
+    async def _fail(self, request: web.Request, gen: GenerateRequest, message: str) -> web.StreamResponse:
+        if gen.stream:
+            return await self._stream_error(request, message, status=500)
+        return web.json_response(error_body(message, 500), status=500)
+
+    async def _stream_error(self, request: web.Request, message: str, status: int = 400) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: " + json.dumps(error_body(message, status)).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    def _meta(self, gen: GenerateRequest, state: _State, final: bool) -> dict[str, Any]:
+        req = state.req
+        meta: dict[str, Any] = {
+            "id": req.rid, "finish_reason": req.finish_reason if final else None,
+            "prompt_tokens": req.prompt_len, "weight_version": "default", "num_retractions": 0,
+        }
+        if self.args.enable_metrics:
+            if req.forward_entry_s is not None:
+                meta["forward_entry_time"] = realtime(req.forward_entry_s)
+                meta["queue_time"] = req.forward_entry_s - state.wait_queue_entry_s
+            if req.prefill_finished_s is not None:
+                meta["prefill_finished_time"] = realtime(req.prefill_finished_s)
+        meta.update(reasoning_tokens=0, completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens)
+        if final:
+            now = time.perf_counter()
+            meta["e2e_latency"] = now - state.created_s
+            if self.args.enable_metrics:
+                meta["request_received_ts"] = realtime(state.created_s)
+                if req.first_token_s is not None:
+                    meta["first_token_latency"] = req.first_token_s - state.created_s
+                meta["response_sent_to_client_ts"] = realtime(now)
+                meta["request_finished_ts"] = realtime(now)
+                if req.first_token_s is not None and len(req.output_ids) > 1:
+                    meta["decode_throughput"] = (len(req.output_ids) - 1) / max(now - req.first_token_s, 1e-9)
+        return meta
+
+    def _chunk(self, gen: GenerateRequest, state: _State, final: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"output_ids": list(state.req.output_ids),
+                               "meta_info": self._meta(gen, state, final)}
+        if not self.args.skip_tokenizer_init:
+            out = {"text": "", **out}
+        return out
+
+    async def _next(self, state: _State) -> Event:
+        return await state.queue.get()
+
+    async def _stream(self, request: web.Request, gen: GenerateRequest, state: _State) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        while True:
+            event = await self._next(state)
+            await resp.write(b"data: " + json.dumps(self._chunk(gen, state, event.finished)).encode() + b"\n\n")
+            if event.finished:
+                break
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _unary(self, gen: GenerateRequest, state: _State) -> web.Response:
+        while not (await self._next(state)).finished:
+            pass
+        return web.json_response(self._chunk(gen, state, True))
+
+    async def _finish_without_tokens(self, request: web.Request, gen: GenerateRequest, req: SimRequest,
+                                     created: float) -> web.StreamResponse:
+        req.finish_reason = {"type": "length", "length": 0}
+        req.finished_s = time.perf_counter()
+        state = _State(req, created)
+        if gen.stream:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b"data: " + json.dumps(self._chunk(gen, state, True)).encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
+        return web.json_response(self._chunk(gen, state, True))
+
+    # -- P/D: the bootstrap channel -------------------------------------------
+    def _room(self, room: int) -> asyncio.Future:
+        now = time.monotonic()
+        for key, (born, fut) in list(self.rooms.items()):
+            if now - born > self.args.sim_kv_timeout:
+                fut.cancel()
+                del self.rooms[key]
+        if room not in self.rooms:
+            self.rooms[room] = (now, asyncio.get_running_loop().create_future())
+        return self.rooms[room][1]
+
+    def _publish_room(self, gen: GenerateRequest, req: SimRequest) -> None:
+        if self.args.disaggregation_mode != "prefill" or gen.bootstrap_room is None:
+            return
+        fut = self._room(gen.bootstrap_room)
+        if fut.done():
+            return
+        if req.finished_s is not None and req.output_ids:
+            fut.set_result({"first_token": req.output_ids[0], "cached_tokens": req.cached_tokens,
+                            "prompt_tokens": req.prompt_len, "prefill_finished_ts": realtime(req.finished_s)})
+        else:
+            fut.set_result({"error": "prefill aborted before its KV was ready"})
+
+    async def bootstrap_kv(self, request: web.Request) -> web.Response:
+        try:
+            room = int(request.match_info["room"])
+        except ValueError:
+            return web.json_response({"error": "room must be an integer"}, status=400)
+        fut = self._room(room)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(fut), timeout=self.args.sim_kv_timeout)
+        except asyncio.TimeoutError:
+            return web.json_response({"error": f"no prefill for room {room} within "
+                                               f"{self.args.sim_kv_timeout}s"}, status=504)
+        self.rooms.pop(room, None)
+        return web.json_response(result)
+
+    def bootstrap_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/sim/kv/{room}", self.bootstrap_kv)
+        return app
+
+    async def _receive_kv(self, gen: GenerateRequest, req: SimRequest) -> str | None:
+        """Decode side: wait for the room's prefill, then spend the link's transfer time."""
+        assert self.http is not None
+        host = gen.bootstrap_host or "127.0.0.1"
+        port = gen.bootstrap_port or 8998
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/sim/kv/{gen.bootstrap_room}"
+        try:
+            resp = await self.http.get(url)
+            info = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"KV transfer failed: bootstrap server {host}:{port} unreachable ({type(exc).__name__})"
+        if resp.status_code != 200 or "error" in info:
+            return f"KV transfer failed: {info.get('error', resp.status_code)}"
+        nbytes = req.prompt_len * self.cfg.model.kv_bytes_per_token
+        now = time.perf_counter()
+        start = max(now, self.link_free_s)
+        self.link_free_s = start + self.cfg.link.transfer_s(nbytes)
+        await asyncio.sleep(self.link_free_s - now)
+        req.preset_first_token = int(info["first_token"])
+        req.preset_cached_tokens = int(info["cached_tokens"])
+        return None
+
+
+async def serve(cfg: SimConfig, ready: asyncio.Event | None = None) -> None:
+    """Run the engine's HTTP server (and bootstrap server in prefill mode) until cancelled."""
+    server = SimServer(cfg)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, cfg.args.host, cfg.args.port, reuse_address=True).start()
+    boot = None
+    if cfg.args.disaggregation_mode == "prefill":
+        boot = web.AppRunner(server.bootstrap_app(), access_log=None, handle_signals=False)
+        await boot.setup()
+        await web.TCPSite(boot, cfg.args.host, cfg.args.disaggregation_bootstrap_port, reuse_address=True).start()
+    log.info("The server is fired up and ready to roll!")
+    if ready:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if boot:
+            await boot.cleanup()
+        await runner.cleanup()
