@@ -33,6 +33,7 @@ TOKEN_ENV = "PPD_RUN_TOKEN"
 ROLE_ENV = "PPD_ROLE"
 _RUN_TOKEN = os.environ.get(TOKEN_ENV) or f"ppd-{uuid.uuid4().hex[:12]}"
 _GUARD_PIPE: tuple[int, int] | None = None
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
 def run_token() -> str:
@@ -92,8 +93,9 @@ class ServerProcess:
             self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{_RUN_TOKEN}-{self.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         fd = _guard_read_fd()
-        env = {**os.environ, **self.env, TOKEN_ENV: _RUN_TOKEN, ROLE_ENV: self.name,
-               "PYTHONUNBUFFERED": "1"}
+        # Servers talk to each other on loopback: no proxy from the environment may intercept it.
+        inherited = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+        env = {**inherited, **self.env, TOKEN_ENV: _RUN_TOKEN, ROLE_ENV: self.name, "PYTHONUNBUFFERED": "1"}
         guard = [sys.executable, "-m", "pytest_ppd.servers.guard", "--fd", str(fd), "--", *self.argv]
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         log_fd = os.open(self.log_path, flags, 0o600)

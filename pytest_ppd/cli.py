@@ -1,0 +1,169 @@
+"""The ``ppd`` command: serve, validate, reap.
+
+    ppd serve --backend sim --topology pd          # prints one JSON line when healthy
+    ppd serve --backend sglang --topology pd --dry-run
+    ppd reap                                       # stop servers a crashed run left behind
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from pytest_ppd.errors import ConfigError, PpdError, ServerLaunchError
+
+EXIT_USAGE = 2
+
+
+def api_key_from_env() -> str | None:
+    """PPD_API_KEY, or the first line of the file named by PPD_API_KEY_FILE."""
+    key = os.environ.get("PPD_API_KEY")
+    if key:
+        return key.strip()
+    path = os.environ.get("PPD_API_KEY_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"PPD_API_KEY_FILE={path} cannot be read ({exc.strerror}); point it at a readable file")
+    return None
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number; use 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range; use 1-65535")
+    return port
+
+
+class _TermAsInterrupt:
+    """SIGTERM behaves like Ctrl-C, so every finally block and context manager runs."""
+
+    def __enter__(self) -> None:
+        def raise_interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        self._old = signal.signal(signal.SIGTERM, raise_interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pytest_ppd.servers.topology import TopologyConfig, plan, start
+
+    cfg = TopologyConfig(
+        backend=args.backend, kind=args.topology, host=args.host, port=args.port, model=args.model,
+        gpu=args.gpu, link=args.link, tp_size=args.tp_size, share_gpu=args.share_gpu,
+        transfer_backend=args.transfer_backend, api_key=api_key_from_env(),
+        sim_flags=tuple(args.sim_flag or ()),
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote_bind:
+        raise ConfigError(f"--host {args.host} would expose servers beyond this machine; "
+                          "use 127.0.0.1 or add --allow-remote-bind")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ppd-serve-"))
+    topo = plan(cfg, workdir)
+    if args.dry_run:
+        from pytest_ppd.servers.commands import mask_secrets
+
+        for argv in topo.argvs():
+            print(json.dumps(mask_secrets(argv)))
+        return 0
+    with _TermAsInterrupt():
+        try:
+            start(topo)
+            print(json.dumps(topo.urls()), flush=True)
+            while True:
+                dead = topo.dead()
+                if dead:
+                    names = ", ".join(p.name for p in dead)
+                    print(f"error: {names} exited; stopping the topology. Last log lines:\n{dead[0].tail()}",
+                          file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            topo.stop()
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from pytest_ppd.servers.process import reap, tagged_processes
+
+    found = tagged_processes(args.token)
+    if not found:
+        print("no pytest-ppd server processes found")
+        return 0
+    for pid, role, cmd in found:
+        print(f"{pid:>8}  {role:<10} {cmd[:120]}")
+    if args.list:
+        return 0
+    reap(args.token)
+    left = tagged_processes(args.token)
+    print(f"stopped {len(found) - len(left)} process(es); {len(left)} left")
+    return 0 if not left else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pytest_ppd.servers.topology import TOPOLOGIES
+    from pytest_ppd.specs import known_gpus, known_links, known_models
+
+    parser = argparse.ArgumentParser(prog="ppd", description="pytest-ppd: SGLang P/D append-prefill benchmarks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="start a topology and serve until SIGINT/SIGTERM")
+    serve.add_argument("--backend", choices=("sim", "sglang"), default="sim", help="(default: sim)")
+    serve.add_argument("--topology", choices=TOPOLOGIES, default="pd", help="(default: pd)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=30000, help="router or colocated port (default: 30000)")
+    serve.add_argument("--model", default="Llama-3.1-8B",
+                       help=f"built-in ({', '.join(known_models())}) or a model directory (default: Llama-3.1-8B)")
+    serve.add_argument("--gpu", default="H100-SXM", help=f"{', '.join(known_gpus())} (default: H100-SXM)")
+    serve.add_argument("--link", default="ib-ndr", help=f"{', '.join(known_links())} (default: ib-ndr)")
+    serve.add_argument("--tp-size", type=int, default=1, help="(default: 1)")
+    serve.add_argument("--share-gpu", action="store_true",
+                       help="sglang pd on one GPU: split --mem-fraction-static (default: off)")
+    serve.add_argument("--transfer-backend", default="mooncake", help="sglang KV transfer (default: mooncake)")
+    serve.add_argument("--sim-flag", action="append", metavar="FLAG",
+                       help="extra --sim-* flag for every sim engine, e.g. --sim-flag=--sim-slowdown=1.2")
+    serve.add_argument("--workdir", default=None, help="model dir and logs (default: a new temp dir)")
+    serve.add_argument("--allow-remote-bind", action="store_true", help="permit a non-loopback --host")
+    serve.add_argument("--dry-run", action="store_true", help="print each process's argv as JSON and exit")
+    serve.set_defaults(func=cmd_serve)
+
+    reap_p = sub.add_parser("reap", help="stop servers a crashed run left behind")
+    reap_p.add_argument("--token", default=None, help="only this run's token (default: every run)")
+    reap_p.add_argument("--list", action="store_true", help="list, do not stop")
+    reap_p.set_defaults(func=cmd_reap)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"ppd {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerLaunchError as exc:
+        print(f"ppd {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except PpdError as exc:
+        print(f"ppd {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

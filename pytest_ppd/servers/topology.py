@@ -1,0 +1,215 @@
+"""Topologies: colocated (the LOCAL path) and pd (REMOTE path through the real router).
+
+    with start_topology(TopologyConfig(backend="sim", kind="pd")) as topo:
+        topo.entry_url     # the router
+        topo.urls()        # {"router": ..., "prefill": [...], "decode": [...], "colocated": None}
+
+Engines start in parallel, the router once they are healthy; everything stops
+in reverse order on exit, whatever the exit.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from pytest_ppd.errors import ConfigError, ServerLaunchError
+from pytest_ppd.servers.commands import EngineLaunch, LaunchSpec, engine_argv, router_argv
+from pytest_ppd.servers.process import ServerProcess, free_port, port_is_free
+from pytest_ppd.specs import gpu_spec, link_spec, model_spec
+
+TOPOLOGIES = ("pd", "colocated")
+STARTUP_TIMEOUT_S = {"sim": 60.0, "sglang": 1800.0}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """Everything `ppd serve` and the fixtures need to start one topology."""
+
+    backend: str = "sim"
+    kind: str = "pd"
+    host: str = "127.0.0.1"
+    port: int | None = None  # entry port (router or colocated engine); None = any free port
+    model: str = "Llama-3.1-8B"
+    gpu: str = "H100-SXM"
+    link: str = "ib-ndr"
+    tp_size: int = 1
+    share_gpu: bool = False  # sglang pd on one GPU: split --mem-fraction-static
+    transfer_backend: str = "mooncake"
+    api_key: str | None = None
+    workdir: Path | None = None
+    sim_flags: tuple[str, ...] = ()
+    engine_args: tuple[str, ...] = ()
+    max_total_tokens: int | None = None
+    context_length: int | None = None
+
+    def validate(self) -> None:
+        if self.backend not in ("sim", "sglang"):
+            raise ConfigError(f"'{self.backend}' is not a backend that launches servers; valid: sim, sglang")
+        if self.kind not in TOPOLOGIES:
+            raise ConfigError(f"'{self.kind}' is not a topology; valid: {', '.join(TOPOLOGIES)}")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range; use 1-65535")
+        model_spec(self.model)
+        gpu_spec(self.gpu)
+        link_spec(self.link)
+        if not _module_available("sglang_router") and self.kind == "pd":
+            raise ConfigError("sglang-router is not installed; pip install sglang-router==0.3.2")
+        if self.backend == "sglang" and not _module_available("sglang"):
+            raise ConfigError("SGLang is not installed here; on a GPU node: pip install 'pytest-ppd[sglang]'")
+
+
+def _module_available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def materialize_model(model: str, workdir: Path) -> tuple[Path, str]:
+    """A local model directory for --model-path, and the load format it allows.
+
+    A built-in name becomes a directory holding its config.json, which both the
+    sim and SGLang's dummy loader read (and the router wants a local path).
+    """
+    path = Path(model).expanduser()
+    if path.is_file():
+        path = path.parent
+    if path.is_dir():
+        has_weights = any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir())
+        return path.resolve(), "auto" if has_weights else "dummy"
+    spec = model_spec(model)
+    target = workdir / "models" / spec.name
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(spec.to_config(), indent=2) + "\n")
+    return target.resolve(), "dummy"
+
+
+@dataclass
+class Topology:
+    """A running topology: its processes and URLs."""
+
+    config: TopologyConfig
+    processes: list[ServerProcess] = field(default_factory=list)
+    router: str | None = None
+    prefill: list[str] = field(default_factory=list)
+    decode: list[str] = field(default_factory=list)
+    colocated: str | None = None
+
+    @property
+    def entry_url(self) -> str:
+        url = self.router or self.colocated
+        assert url is not None
+        return url
+
+    def urls(self) -> dict[str, object]:
+        return {"router": self.router, "prefill": self.prefill, "decode": self.decode,
+                "colocated": self.colocated}
+
+    def argvs(self) -> list[list[str]]:
+        return [p.argv for p in self.processes]
+
+    def dead(self) -> list[ServerProcess]:
+        return [p for p in self.processes if not p.alive]
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+
+def _take_port(host: str, wanted: int | None, what: str) -> int:
+    if wanted is None:
+        return free_port(host)
+    if not port_is_free(host, wanted):
+        raise ConfigError(f"port {wanted} on {host} is in use ({what}); stop what holds it or pick another --port")
+    return wanted
+
+
+def plan(cfg: TopologyConfig, workdir: Path) -> Topology:
+    """Decide ports and argv of every process, without starting anything (--dry-run)."""
+    cfg.validate()
+    model_path, load_format = materialize_model(cfg.model, workdir)
+    spec = LaunchSpec(
+        backend=cfg.backend, model_path=model_path, host=cfg.host, tp_size=cfg.tp_size,
+        load_format=load_format, transfer_backend=cfg.transfer_backend, api_key=cfg.api_key,
+        sim_gpu=gpu_spec(cfg.gpu).name, sim_link=link_spec(cfg.link).name, sim_flags=cfg.sim_flags,
+        extra_engine_args=cfg.engine_args, max_total_tokens=cfg.max_total_tokens,
+        context_length=cfg.context_length,
+    )
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    logs = workdir / "logs"
+    topo = Topology(cfg)
+
+    def proc(name: str, argv: list[str], health: str) -> ServerProcess:
+        return ServerProcess(name, argv, health_url=health, log_path=logs / f"{name}.log", headers=headers)
+
+    if cfg.kind == "colocated":
+        port = _take_port(cfg.host, cfg.port, "colocated engine")
+        topo.colocated = _url(cfg.host, port)
+        topo.processes.append(proc("colocated", engine_argv(spec, EngineLaunch("colocated", port)),
+                                   topo.colocated + "/health"))
+        return topo
+    entry = _take_port(cfg.host, cfg.port, "router")
+    p_port, d_port, boot, prom = (free_port(cfg.host) for _ in range(4))
+    shared = cfg.share_gpu and cfg.backend == "sglang"
+    frac = 0.4 if shared else None
+    prefill = EngineLaunch("prefill", p_port, bootstrap_port=boot, base_gpu_id=0, mem_fraction_static=frac)
+    decode = EngineLaunch("decode", d_port, base_gpu_id=0 if shared else cfg.tp_size, mem_fraction_static=frac)
+    topo.prefill, topo.decode = [_url(cfg.host, p_port)], [_url(cfg.host, d_port)]
+    topo.router = _url(cfg.host, entry)
+    topo.processes += [
+        proc("prefill", engine_argv(spec, prefill), topo.prefill[0] + "/health"),
+        proc("decode", engine_argv(spec, decode), topo.decode[0] + "/health"),
+        proc("router", router_argv(spec, entry, [(topo.prefill[0], boot)], topo.decode, prom),
+             topo.router + "/readiness"),
+    ]
+    return topo
+
+
+def start(topo: Topology) -> Topology:
+    """Start engines in parallel, then the router; on any failure stop all and raise."""
+    timeout = STARTUP_TIMEOUT_S[topo.config.backend]
+    engines = [p for p in topo.processes if p.name != "router"]
+    try:
+        for p in engines:
+            p.start()
+        for p in engines:
+            p.wait_ready(timeout)
+        for p in topo.processes:
+            if p.name == "router":
+                p.start()
+                p.wait_ready(timeout_s=60.0)
+    except BaseException:
+        topo.stop()
+        raise
+    return topo
+
+
+class start_topology:
+    """Context manager: plan, start, yield the Topology, always stop it."""
+
+    def __init__(self, cfg: TopologyConfig, workdir: Path | None = None) -> None:
+        self.cfg = cfg
+        self._stack = ExitStack()
+        self._workdir = workdir or cfg.workdir
+
+    def __enter__(self) -> Topology:
+        if self._workdir is None:
+            self._workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="ppd-")))
+        self.topo = start(plan(self.cfg, Path(self._workdir)))
+        return self.topo
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.topo.stop()
+        finally:
+            self._stack.close()
+
+
+__all__ = ["Topology", "TopologyConfig", "ServerLaunchError", "plan", "start", "start_topology"]
