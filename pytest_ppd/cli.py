@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -17,23 +16,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from pytest_ppd.config import api_key_from_env
 from pytest_ppd.errors import ConfigError, PpdError, ServerLaunchError
 
 EXIT_USAGE = 2
-
-
-def api_key_from_env() -> str | None:
-    """PPD_API_KEY, or the first line of the file named by PPD_API_KEY_FILE."""
-    key = os.environ.get("PPD_API_KEY")
-    if key:
-        return key.strip()
-    path = os.environ.get("PPD_API_KEY_FILE")
-    if path:
-        try:
-            return Path(path).read_text().strip() or None
-        except OSError as exc:
-            raise ConfigError(f"PPD_API_KEY_FILE={path} cannot be read ({exc.strerror}); point it at a readable file")
-    return None
 
 
 def _port(text: str) -> int:

@@ -1,1 +1,165 @@
-"""pytest plugin entry point (options and fixtures arrive with the plugin issue)."""
+"""pytest plugin: --ppd-* options, the grid as parametrized tests, server fixtures, summary.
+
+Hooks stay thin; the state lives in one PpdSession kept in ``config.stash``.
+
+A suite test asks for the grid and the measurement fixture::
+
+    def test_append(ppd_point, ppd_path, ppd_measure):
+        outcome = ppd_measure(ppd_point, ppd_path)   # fails if every round is invalid
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pytest_ppd.client.runner import PointOutcome
+from pytest_ppd.config import PATHS, build_config
+from pytest_ppd.errors import ConfigError, PpdError
+from pytest_ppd.grid import GRID_SYNTAX, GridPoint
+from pytest_ppd.session import Infeasible, PpdSession
+
+SESSION_KEY = pytest.StashKey[PpdSession]()
+_OLD_SIGTERM = pytest.StashKey[Any]()
+
+# name, metavar, default, help; each also an ini key ppd_<name with underscores>
+OPTIONS: list[tuple[str, str, str | None, str]] = [
+    ("backend", "NAME", "sim", "sim, sglang, external or replay"),
+    ("grid", "GRID", "smoke", GRID_SYNTAX),
+    ("model", "MODEL", "Llama-3.1-8B", "built-in model name or a path to a HF config.json / model dir"),
+    ("gpu", "GPU", "H100-SXM", "GPU the floor and the sim use (H100-SXM, H100-PCIe, H200, A100-80GB, B200, L40S)"),
+    ("reps", "N", "3", "minimum valid rounds per point and path"),
+    ("max-reps", "N", "10", "maximum rounds per point and path"),
+    ("ci", "FRACTION", "0.05", "stop repeating when the median's 95%% CI is this narrow (relative)"),
+    ("timeout", "SECONDS", "600", "per-request timeout"),
+    ("results", "DIR", None, "results directory (default: ppd-results/<time>-<backend>)"),
+    ("baseline", "FILE", None, "compare the run to this baseline"),
+    ("save-baseline", "FILE", None, "write a baseline of this run"),
+    ("replay", "RECORDS", None, "records.jsonl the replay backend reads"),
+    ("url", "URL", None, "external backend: URL (remote path) or local=URL,remote=URL"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ppd", "pytest-ppd: SGLang P/D append-prefill benchmarks")
+    for name, metavar, default, help_ in OPTIONS:
+        dest = "ppd_" + name.replace("-", "_")
+        suffix = f" (default: {default})" if default is not None else ""
+        group.addoption(f"--ppd-{name}", dest=dest, metavar=metavar, default=None, help=help_ + suffix)
+        parser.addini(dest, help_ + suffix, default=None)
+    group.addoption("--ppd-resume", dest="ppd_resume", action="store_true", default=None,
+                    help="continue the run in --ppd-results, skipping points already measured (default: off)")
+    parser.addini("ppd_resume", "continue the run in ppd_results (default: false)", type="bool", default=False)
+
+
+def _raw_options(config: pytest.Config) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for name, *_ in OPTIONS + [("resume",)]:  # type: ignore[list-item]
+        dest = "ppd_" + name.replace("-", "_")
+        value = config.getoption(dest)
+        raw[dest[4:]] = value if value is not None else config.getini(dest)
+    return raw
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ppd: a pytest-ppd measurement test")
+    try:
+        ppd_config = build_config(_raw_options(config))
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = PpdSession(ppd_config)
+
+    def term_as_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # pytest runs no finalizers on SIGTERM; it does on Ctrl-C
+
+    try:
+        config.stash[_OLD_SIGTERM] = signal.signal(signal.SIGTERM, term_as_interrupt)
+    except ValueError:  # not the main thread
+        pass
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.close()
+    old = config.stash.get(_OLD_SIGTERM, None)
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    ppd = session.config.stash.get(SESSION_KEY, None)
+    if ppd is not None:
+        ppd.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    s = config.stash[SESSION_KEY]
+    c = s.config
+    v = s.versions()
+    return (f"ppd: backend={c.backend} model={c.model.name} gpu={c.gpu.name} grid={c.grid_name} "
+            f"({len(c.grid)} points) reps={c.reps}..{c.max_reps} ci={c.ci:g} "
+            f"sglang={v['sglang']} sglang-router={v['sglang_router']}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "ppd_point" not in metafunc.fixturenames:
+        return
+    grid = metafunc.config.stash[SESSION_KEY].config.grid
+    metafunc.parametrize("ppd_point", grid, ids=[p.id for p in grid])
+    if "ppd_path" in metafunc.fixturenames:
+        metafunc.parametrize("ppd_path", PATHS, ids=list(PATHS))
+
+
+def _path_of(item: pytest.Item) -> int:
+    callspec = getattr(item, "callspec", None)
+    path = callspec.params.get("ppd_path") if callspec is not None else None
+    return PATHS.index(path) if path in PATHS else -1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # All LOCAL tests, then all REMOTE ones: each topology starts once, never two at a time.
+    items.sort(key=_path_of)
+
+
+@pytest.fixture(scope="session")
+def ppd_session(request: pytest.FixtureRequest) -> PpdSession:
+    """The run's PpdSession (configuration, topologies, records)."""
+    return request.config.stash[SESSION_KEY]
+
+
+@pytest.fixture
+def ppd_measure(request: pytest.FixtureRequest, ppd_session: PpdSession) -> Callable[[GridPoint, str], PointOutcome]:
+    """measure(point, path) -> PointOutcome; fails the test when no round is valid."""
+    suite = Path(str(request.node.path)).stem.removeprefix("test_")
+
+    def measure(point: GridPoint, path: str) -> PointOutcome:
+        try:
+            outcome = ppd_session.measure(point, path, suite)
+        except Infeasible as exc:
+            pytest.skip(f"infeasible: {exc}")
+        except PpdError as exc:
+            pytest.fail(f"{point.id}-{path}: {exc}", pytrace=False)
+        summary = outcome.summary
+        request.node.user_properties.append(("ppd", {
+            "point": point.id, "path": path, "n_valid": len(outcome.valid), "n_invalid": len(outcome.invalid),
+            "median_ms": summary.median if summary else None,
+        }))
+        if not outcome.valid:
+            reasons = sorted({r for rec in outcome.records for r in rec["invalid_reasons"]})
+            shown = "\n  ".join(reasons[:8])
+            pytest.fail(f"{point.id}-{path}: all {len(outcome.records)} rounds invalid:\n  {shown}", pytrace=False)
+        return outcome
+
+    return measure
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from pytest_ppd.report.terminal import write_summary
+
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None and (session.outcomes or session.infeasible):
+        write_summary(terminalreporter, session)

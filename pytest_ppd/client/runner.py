@@ -1,0 +1,178 @@
+"""Run the measurement protocol for one (point, path) and record every round.
+
+1. flush the cache, 2. warm each conversation's context once, 3. send the BS
+appends concurrently behind a start barrier, each with m fresh tokens,
+4. prove the round (analysis/validity.py) and append its record at once,
+5. repeat until the median's 95% CI is narrow enough or the cap is hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_ppd.analysis.roofline import floor_ms
+from pytest_ppd.analysis.stats import Summary, summarize
+from pytest_ppd.analysis.validity import RequestView, round_reasons
+from pytest_ppd.client.stream import RequestResult, StreamClient, build_body
+from pytest_ppd.client.workload import Workload
+from pytest_ppd.errors import MeasurementError
+from pytest_ppd.grid import GridPoint
+from pytest_ppd.records import Record, RecordStore, derived_rates
+from pytest_ppd.specs import GpuSpec, ModelSpec
+
+FLUSH_RETRIES = 50
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one path's requests go, and what is known about the servers behind it."""
+
+    path: str  # "local" | "remote"
+    url: str
+    flush_urls: tuple[str, ...]
+    api_key: str | None = None
+    pool_tokens: int | None = None
+    page_size: int = 1
+    server_argv: tuple[tuple[str, ...], ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    suite: str
+    backend: str
+    model: ModelSpec
+    gpu: GpuSpec
+    min_reps: int = 3
+    max_reps: int = 10
+    ci_target: float = 0.05
+    max_new_tokens: int = 2
+    seed: int = 0
+    n_gpus: int = 1  # GPUs one engine spans (tensor parallel): the floor divides by it
+    run_id: str = ""
+
+
+@dataclass
+class PointOutcome:
+    point: GridPoint
+    path: str
+    records: list[dict[str, Any]]
+    summary: Summary | None
+
+    @property
+    def valid(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["valid"]]
+
+    @property
+    def invalid(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if not r["valid"]]
+
+
+def _ms(ns: int | None) -> float | None:
+    return None if ns is None else ns / 1e6
+
+
+async def _flush(client: StreamClient, urls: tuple[str, ...]) -> None:
+    for url in urls:
+        for _ in range(FLUSH_RETRIES):
+            resp = await client.post_json(url.rstrip("/") + "/flush_cache")
+            if resp.status_code == 200:
+                break
+            await asyncio.sleep(0.1)  # SGLang refuses while requests are still in flight
+        else:
+            raise MeasurementError(f"{url}/flush_cache kept answering HTTP {resp.status_code}; "
+                                   "is another client using this server?")
+
+
+async def _warm(client: StreamClient, wl: Workload, point: GridPoint) -> None:
+    if point.L == 0:
+        return
+    results = await asyncio.gather(*(client.generate(wl.context(c), 1) for c in range(point.bs)))
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise MeasurementError(f"warm-up of {point.id} failed: {failed[0][0]}: {failed[0][1]}")
+
+
+async def _round(client: StreamClient, wl: Workload, point: GridPoint, round_: int,
+                 max_new: int) -> list[RequestResult]:
+    bodies = [build_body(wl.prompt(c, round_), max_new) for c in range(point.bs)]
+    gate = asyncio.Event()
+
+    async def one(body: bytes) -> RequestResult:
+        await gate.wait()
+        return await client.send(body)
+
+    tasks = [asyncio.ensure_future(one(body)) for body in bodies]
+    await asyncio.sleep(0)  # every task is parked at the gate
+    gate.set()
+    return list(await asyncio.gather(*tasks))
+
+
+def _record(results: list[RequestResult], point: GridPoint, round_: int, target: Target, settings: Settings,
+            started_at: float) -> Record:
+    floor = floor_ms(settings.model, settings.gpu, point.bs, point.L, point.m) / settings.n_gpus
+    ttfts = [_ms(r.ttft_ns) for r in results]
+    firsts = [r.event_ns[0] for r in results if r.event_ns]
+    span = _ms(max(firsts) - min(r.sent_ns for r in results)) if len(firsts) == len(results) else None
+    batch = max(t for t in ttfts if t is not None) if all(t is not None for t in ttfts) and ttfts else None
+    server_ttft = [r.meta_info["first_token_latency"] * 1e3 if "first_token_latency" in r.meta_info else None
+                   for r in results]
+    overhead = [t - s if t is not None and s is not None else None for t, s in zip(ttfts, server_ttft)]
+    reasons = round_reasons(
+        [RequestView(r.error, r.saw_done, r.meta_info) for r in results], bs=point.bs, L=point.L, m=point.m,
+        max_new_tokens=settings.max_new_tokens, batch_span_ms=span, floor_ms=floor,
+        pool_tokens=target.pool_tokens, page_size=target.page_size)
+    return Record(
+        suite=settings.suite, backend=settings.backend, path=target.path, model=settings.model.name,
+        gpu=settings.gpu.name, bs=point.bs, L=point.L, m=point.m, cache_rate=point.cache_rate, round=round_,
+        ttft_ms=ttfts, batch_latency_ms=batch, batch_span_ms=span, e2e_ms=[_ms(r.e2e_ns) for r in results],
+        itl_ms_max=[_ms(max(r.itl_ns)) if r.itl_ns else None for r in results],
+        prompt_tokens=[r.meta_info.get("prompt_tokens") for r in results],
+        cached_tokens=[r.meta_info.get("cached_tokens") for r in results],
+        completion_tokens=[r.meta_info.get("completion_tokens") for r in results],
+        server_ttft_ms=server_ttft, client_overhead_ms=overhead,
+        errors=[f"{r.error[0]}: {r.error[1]}" if r.error else None for r in results],
+        valid=not reasons, invalid_reasons=reasons, floor_ms=floor,
+        **derived_rates(point.bs, point.L, point.m, batch), started_at=started_at,
+        versions=dict(target.versions), server_argv=[list(a) for a in target.server_argv], run_id=settings.run_id,
+    )
+
+
+def _enough(valid_ms: list[float], total: int, settings: Settings) -> bool:
+    if total >= settings.max_reps:
+        return True
+    if total >= settings.min_reps and not valid_ms:
+        return True  # every round so far invalid: more of the same proves nothing new
+    if len(valid_ms) < settings.min_reps:
+        return False
+    return summarize(valid_ms).ci_rel_width <= settings.ci_target
+
+
+async def measure_point_async(target: Target, point: GridPoint, settings: Settings,
+                              store: RecordStore) -> PointOutcome:
+    previous = store.rounds_for(point.bs, point.L, point.m, target.path)
+    records: list[dict[str, Any]] = list(previous)
+    wl = Workload(point, settings.model.vocab_size, settings.seed, target.path)
+    async with StreamClient(target.url, api_key=target.api_key) as client:
+        await _flush(client, target.flush_urls)
+        await _warm(client, wl, point)
+        round_ = max((r["round"] for r in previous), default=-1) + 1
+        while not _enough([r["batch_latency_ms"] for r in records if r["valid"]], len(records), settings):
+            started = time.time()
+            results = await _round(client, wl, point, round_, settings.max_new_tokens)
+            record = _record(results, point, round_, target, settings, started)
+            store.append(record)
+            records.append(json.loads(record.to_json()))
+            round_ += 1
+    store.mark_done(point.bs, point.L, point.m, target.path, len(records))
+    valid = [r["batch_latency_ms"] for r in records if r["valid"]]
+    return PointOutcome(point, target.path, records, summarize(valid) if valid else None)
+
+
+def measure_point(target: Target, point: GridPoint, settings: Settings, store: RecordStore) -> PointOutcome:
+    """Blocking wrapper for pytest tests."""
+    return asyncio.run(measure_point_async(target, point, settings, store))

@@ -1,0 +1,136 @@
+"""The streaming client: stamps perf_counter_ns() for send, first byte and every SSE event.
+
+It measures and keeps; metrics are derived elsewhere. A failed request is data
+(``error`` is set), never an exception::
+
+    async with StreamClient(url) as client:
+        result = await client.generate(ids, max_new_tokens=2)
+        result.ttft_ns
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+
+@dataclass
+class RequestResult:
+    """What one streamed /generate did, with monotonic ns stamps."""
+
+    sent_ns: int
+    first_byte_ns: int | None = None
+    event_ns: list[int] = field(default_factory=list)  # content events only
+    done_ns: int | None = None
+    status: int | None = None
+    saw_done: bool = False
+    meta_info: dict[str, Any] = field(default_factory=dict)
+    n_output_ids: int = 0
+    error: tuple[str, str] | None = None  # (type, message)
+
+    @property
+    def ttft_ns(self) -> int | None:
+        """TTFT = first content event - request sent."""
+        return self.event_ns[0] - self.sent_ns if self.event_ns else None
+
+    @property
+    def e2e_ns(self) -> int | None:
+        return self.done_ns - self.sent_ns if self.done_ns is not None else None
+
+    @property
+    def itl_ns(self) -> list[int]:
+        """Inter-token latencies: gaps between consecutive content events."""
+        return [b - a for a, b in zip(self.event_ns, self.event_ns[1:])]
+
+
+def build_body(input_ids: list[int], max_new_tokens: int, *, rid: str | None = None,
+               extra: dict[str, Any] | None = None) -> bytes:
+    """A streaming /generate body of exact token ids, greedy, ignoring EOS."""
+    body: dict[str, Any] = {
+        "input_ids": input_ids, "stream": True,
+        "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0.0},
+        **(extra or {}),
+    }
+    if rid:
+        body["rid"] = rid
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class StreamClient:
+    """Async httpx client; one TCP connection per stream (no keep-alive reuse).
+
+    The real sglang-router does not set TCP_NODELAY: a reused connection can
+    hold a stream's first chunk ~40 ms behind Nagle and delayed ACKs.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url, headers=headers, trust_env=False, follow_redirects=False,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            limits=httpx.Limits(max_keepalive_connections=0, max_connections=None),
+        )
+
+    async def __aenter__(self) -> "StreamClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def post_json(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return await self._client.post(path, json=body)
+
+    async def get_json(self, path: str) -> Any:
+        resp = await self._client.get(path)
+        resp.raise_for_status()
+        return resp.json()
+
+    async def generate(self, input_ids: list[int], max_new_tokens: int, *, rid: str | None = None,
+                       extra: dict[str, Any] | None = None) -> RequestResult:
+        return await self.send(build_body(input_ids, max_new_tokens, rid=rid, extra=extra))
+
+    async def send(self, content: bytes) -> RequestResult:
+        """Stream one pre-encoded /generate body (encode before the start barrier, not after)."""
+        result = RequestResult(sent_ns=time.perf_counter_ns())
+        try:
+            async with aconnect_sse(self._client, "POST", "/generate", content=content,
+                                    headers={"Content-Type": "application/json"}) as source:
+                resp = source.response
+                result.first_byte_ns = time.perf_counter_ns()
+                result.status = resp.status_code
+                if resp.status_code != 200:
+                    text = (await resp.aread()).decode(errors="replace")
+                    result.error = ("HTTPStatus", f"HTTP {resp.status_code}: {text[:300]}")
+                    return result
+                async for event in source.aiter_sse():
+                    now = time.perf_counter_ns()
+                    if event.data == "[DONE]":
+                        result.saw_done = True
+                        break
+                    try:
+                        payload = json.loads(event.data)
+                    except json.JSONDecodeError:
+                        result.error = ("MalformedEvent", event.data[:200])
+                        break
+                    if "error" in payload:
+                        err = payload["error"]
+                        msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+                        result.error = ("StreamError", msg)
+                        continue  # SGLang sends [DONE] after the error event
+                    result.event_ns.append(now)
+                    result.meta_info = payload.get("meta_info") or result.meta_info
+                    ids = payload.get("output_ids")
+                    if isinstance(ids, list):
+                        result.n_output_ids = len(ids)
+        except httpx.HTTPError as exc:
+            result.error = (type(exc).__name__, str(exc)[:300] or type(exc).__name__)
+        finally:
+            result.done_ns = time.perf_counter_ns()
+        if result.error is None and not result.saw_done:
+            result.error = ("TruncatedStream", "stream ended without data: [DONE]")
+        return result

@@ -1,0 +1,196 @@
+"""The plugin's effective configuration: every --ppd-* option, parsed and validated.
+
+Each parser raises ConfigError with one line naming the option and what it
+accepts; the plugin turns that into a pytest.UsageError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.grid import GridPoint, parse_grid
+from pytest_ppd.specs import GpuSpec, ModelSpec, gpu_spec, model_spec
+
+BACKENDS = ("sim", "sglang", "external", "replay")
+PATHS = ("local", "remote")
+
+
+def parse_backend(text: str) -> str:
+    if text not in BACKENDS:
+        raise ConfigError(f"--ppd-backend: '{text}' is not a backend; valid: {', '.join(BACKENDS)}")
+    return text
+
+
+def _positive(option: str, kind: type, low: float) -> "callable":
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option}: '{text}' is not a number; give a {kind.__name__} >= {low}") from None
+        if value < low or (kind is float and value <= 0):
+            raise ConfigError(f"{option}: {value} is out of range; give a {kind.__name__} "
+                              f"{'> 0' if kind is float else f'>= {low}'}")
+        return value
+    return parse
+
+
+parse_reps = _positive("--ppd-reps", int, 1)
+parse_max_reps = _positive("--ppd-max-reps", int, 1)
+parse_ci = _positive("--ppd-ci", float, 0)
+parse_timeout = _positive("--ppd-timeout", float, 0)
+
+
+def parse_url(text: str, option: str = "--ppd-url") -> str:
+    """http(s) only, with a host, no credentials, no query."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{option}: '{text}' must start with http:// or https://")
+    if not parts.hostname:
+        raise ConfigError(f"{option}: '{text}' has no host; e.g. http://127.0.0.1:30000")
+    if parts.username or parts.password:
+        raise ConfigError(f"{option}: credentials in the URL are refused; put the key in PPD_API_KEY")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{option}: '{text}' has a port out of range; use 1-65535") from None
+    if port == 0:
+        raise ConfigError(f"{option}: '{text}' has a port out of range; use 1-65535")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{option}: '{text}' must be a base URL without query or fragment")
+    return text.strip().rstrip("/")
+
+
+def parse_urls(text: str) -> dict[str, str]:
+    """`URL` (the remote path) or `local=URL,remote=URL`."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in part and part.split("=", 1)[0] in PATHS:
+            path, url = part.split("=", 1)
+        elif "=" in part and not part.startswith("http"):
+            raise ConfigError(f"--ppd-url: '{part}' names no path; use URL or local=URL,remote=URL")
+        else:
+            path, url = "remote", part
+        if path in out:
+            raise ConfigError(f"--ppd-url: path {path} given twice; use local=URL,remote=URL")
+        out[path] = parse_url(url)
+    if not out:
+        raise ConfigError("--ppd-url: empty; use URL or local=URL,remote=URL")
+    return out
+
+
+def parse_results(text: str) -> Path:
+    path = Path(text).expanduser()
+    if ".." in path.parts:
+        raise ConfigError(f"--ppd-results: '{text}' contains '..'; give a plain directory path")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--ppd-results: {text} is a file; give a directory")
+    return path
+
+
+def api_key_from_env() -> str | None:
+    """PPD_API_KEY, or the content of the file named by PPD_API_KEY_FILE."""
+    key = os.environ.get("PPD_API_KEY")
+    if key:
+        return key.strip()
+    path = os.environ.get("PPD_API_KEY_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"PPD_API_KEY_FILE={path} cannot be read ({exc.strerror}); point it at a readable file")
+    return None
+
+
+@dataclass(frozen=True)
+class PpdConfig:
+    backend: str = "sim"
+    grid_name: str = "smoke"
+    grid: tuple[GridPoint, ...] = ()
+    model: ModelSpec = model_spec("Llama-3.1-8B")
+    model_arg: str = "Llama-3.1-8B"  # the name or path as given: what the launcher loads
+    gpu: GpuSpec = gpu_spec("H100-SXM")
+    reps: int = 3
+    max_reps: int = 10
+    ci: float = 0.05
+    timeout_s: float = 600.0
+    results: Path | None = None
+    resume: bool = False
+    urls: dict[str, str] | None = None
+    replay: Path | None = None
+    baseline: Path | None = None
+    save_baseline: Path | None = None
+    max_new_tokens: int = 2
+    api_key: str | None = None
+
+    @property
+    def config_hash(self) -> str:
+        """Identity of a run's design: what --ppd-resume must match."""
+        design = {"backend": self.backend, "model": self.model.name, "gpu": self.gpu.name,
+                  "grid": [p.id for p in self.grid], "max_new_tokens": self.max_new_tokens}
+        return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
+
+    def results_dir(self) -> Path:
+        if self.results is not None:
+            return self.results
+        return Path("ppd-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.backend}"
+
+
+def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
+    """Parse raw option strings (CLI over ini over defaults) into a checked PpdConfig."""
+    def get(name: str, default: str | None = None) -> str | None:
+        value = raw.get(name)
+        return default if value in (None, "") else str(value)
+
+    backend = parse_backend(get("backend", "sim"))
+    grid_name = get("grid", "smoke")
+    try:
+        grid = parse_grid(grid_name)
+    except ConfigError as exc:
+        raise ConfigError(f"--ppd-grid: {exc}") from None
+    try:
+        model = model_spec(get("model", "Llama-3.1-8B"))
+    except ConfigError as exc:
+        raise ConfigError(f"--ppd-model: {exc}") from None
+    try:
+        gpu = gpu_spec(get("gpu", "H100-SXM"))
+    except ConfigError as exc:
+        raise ConfigError(f"--ppd-gpu: {exc}") from None
+    reps, max_reps = parse_reps(get("reps", "3")), parse_max_reps(get("max_reps", "10"))
+    if max_reps < reps:
+        raise ConfigError(f"--ppd-max-reps: {max_reps} is below --ppd-reps {reps}; give max-reps >= reps")
+    results = parse_results(get("results")) if get("results") else None
+    resume = bool(raw.get("resume"))
+    if resume and results is None:
+        raise ConfigError("--ppd-resume needs --ppd-results DIR: the directory of the run to continue")
+    urls = parse_urls(get("url")) if get("url") else None
+    if backend == "external" and not urls:
+        raise ConfigError("--ppd-backend=external needs --ppd-url URL (or local=URL,remote=URL)")
+    replay = Path(get("replay")).expanduser() if get("replay") else None
+    if backend == "replay":
+        if replay is None:
+            raise ConfigError("--ppd-backend=replay needs --ppd-replay RECORDS.jsonl")
+        if not replay.is_file():
+            raise ConfigError(f"--ppd-replay: {replay} does not exist; give a records.jsonl file")
+    cfg = PpdConfig(
+        backend=backend, grid_name=grid_name, grid=grid, model=model, model_arg=get("model", "Llama-3.1-8B"),
+        gpu=gpu, reps=reps,
+        max_reps=max_reps, ci=parse_ci(get("ci", "0.05")), timeout_s=parse_timeout(get("timeout", "600")),
+        results=results, resume=resume, urls=urls, replay=replay,
+        baseline=Path(get("baseline")) if get("baseline") else None,
+        save_baseline=Path(get("save_baseline")) if get("save_baseline") else None,
+        api_key=api_key_from_env(),
+    )
+    too_long = [p for p in grid if p.L + p.m + cfg.max_new_tokens > model.context_length]
+    if too_long and backend != "replay":
+        p = too_long[0]
+        raise ConfigError(
+            f"--ppd-grid: {len(too_long)} point(s) exceed {model.name}'s context length {model.context_length}, "
+            f"e.g. {p.id} (L+m+{cfg.max_new_tokens} = {p.L + p.m + cfg.max_new_tokens}); shrink L or m")
+    return cfg

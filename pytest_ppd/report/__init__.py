@@ -1,0 +1,1 @@
+"""Reporting: the only layer that writes to the terminal or renders files."""

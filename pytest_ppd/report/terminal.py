@@ -1,0 +1,37 @@
+"""The end-of-run terminal summary: measured points, infeasible points, invalid rounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_ppd.session import PpdSession
+
+
+def _fmt(value: float | None, width: int = 9) -> str:
+    return f"{value:{width}.1f}" if value is not None else " " * (width - 1) + "-"
+
+
+def write_summary(tr: Any, session: PpdSession) -> None:
+    tr.write_sep("=", "pytest-ppd summary")
+    rows = sorted(session.outcomes, key=lambda o: (o.point, o.path))
+    if rows:
+        tr.write_line(f"{'point':<22} {'path':<6} {'valid':>5} {'invalid':>7} {'median ms':>9} "
+                      f"{'p10':>9} {'p90':>9} {'CI ±%':>6} {'floor ms':>9}")
+        for o in rows:
+            s = o.summary
+            floor = o.records[0]["floor_ms"] if o.records else None
+            ci = f"{s.ci_rel_width * 50:6.1f}" if s else "     -"
+            tr.write_line(f"{o.point.id:<22} {o.path:<6} {len(o.valid):>5} {len(o.invalid):>7} "
+                          f"{_fmt(s.median if s else None)} {_fmt(s.p10 if s else None)} "
+                          f"{_fmt(s.p90 if s else None)} {ci} {_fmt(floor)}")
+    invalid = [(o, r) for o in rows for r in o.invalid]
+    if invalid:
+        tr.write_line(f"invalid rounds (kept in records, excluded from statistics): {len(invalid)}")
+        for o, r in invalid[:10]:
+            tr.write_line(f"  {o.point.id}-{o.path} round {r['round']}: {'; '.join(r['invalid_reasons'][:3])}")
+    if session.infeasible:
+        tr.write_line(f"infeasible points (KV pool too small to keep the context cached): {len(session.infeasible)}")
+        for _, _, why in session.infeasible[:20]:
+            tr.write_line(f"  {why}")
+    if session._store is not None:
+        tr.write_line(f"records: {session.store.path}")

@@ -1,0 +1,178 @@
+"""The plugin's session object: one per pytest run, kept in config.stash.
+
+It owns the topologies (one at a time: LOCAL and P/D cannot share a GPU), the
+record store and the outcomes the terminal summary reports.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pytest_ppd import __version__
+from pytest_ppd.analysis.stats import summarize
+from pytest_ppd.client.runner import PointOutcome, Settings, Target, measure_point
+from pytest_ppd.config import PpdConfig
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.grid import GridPoint
+from pytest_ppd.records import RecordStore
+from pytest_ppd.servers.topology import Topology, TopologyConfig, plan, start
+
+TOPOLOGY_OF_PATH = {"local": "colocated", "remote": "pd"}
+
+
+class Infeasible(Exception):
+    """A point whose BS x (L + m) tokens cannot all stay in the server's KV pool."""
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _server_info(url: str, api_key: str | None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    for path in ("/server_info", "/get_server_info"):
+        try:
+            resp = httpx.get(url + path, headers=headers, trust_env=False, timeout=10)
+        except httpx.HTTPError:
+            continue
+        if resp.status_code == 200:
+            data = resp.json()
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def pool_tokens_of(info: dict[str, Any]) -> int | None:
+    if isinstance(info.get("max_total_num_tokens"), int):
+        return info["max_total_num_tokens"]
+    states = info.get("internal_states")
+    if isinstance(states, list) and states and isinstance(states[0], dict):
+        value = states[0].get("max_total_num_tokens")
+        return value if isinstance(value, int) else None
+    return None
+
+
+@dataclass
+class PpdSession:
+    config: PpdConfig
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    outcomes: list[PointOutcome] = field(default_factory=list)
+    infeasible: list[tuple[GridPoint, str, str]] = field(default_factory=list)
+    _store: RecordStore | None = None
+    _topology: Topology | None = None
+    _targets: dict[str, Target] = field(default_factory=dict)
+    _results_dir: Path | None = None
+
+    @property
+    def results_dir(self) -> Path:
+        if self._results_dir is None:
+            self._results_dir = self.config.results_dir()
+        return self._results_dir
+
+    @property
+    def store(self) -> RecordStore:
+        if self._store is None:
+            self._store = RecordStore(self.results_dir, run_id=self.run_id,
+                                      config_hash=self.config.config_hash, resume=self.config.resume)
+        return self._store
+
+    def versions(self) -> dict[str, str]:
+        return {"pytest_ppd": __version__, "sglang_router": _version("sglang-router"),
+                "sglang": _version("sglang") if self.config.backend == "sglang" else "sim"}
+
+    def settings(self, suite: str) -> Settings:
+        c = self.config
+        return Settings(suite=suite, backend=c.backend, model=c.model, gpu=c.gpu, min_reps=c.reps,
+                        max_reps=c.max_reps, ci_target=c.ci, max_new_tokens=c.max_new_tokens,
+                        run_id=self.run_id)
+
+    # -- topologies ----------------------------------------------------------
+    def target(self, path: str) -> Target:
+        if path in self._targets:
+            return self._targets[path]
+        if self.config.backend == "external":
+            return self._external_target(path)
+        self.stop_topology()  # one topology at a time on a shared GPU
+        c = self.config
+        topo_cfg = TopologyConfig(backend=c.backend, kind=TOPOLOGY_OF_PATH[path], model=c.model_arg,
+                                  gpu=c.gpu.name, api_key=c.api_key)
+        topo = plan(topo_cfg, self.results_dir / "servers" / path)
+        self._topology = start(topo)
+        engines = topo.prefill + topo.decode if path == "remote" else [topo.entry_url]
+        infos = [_server_info(url, c.api_key) for url in engines]
+        pools = [p for p in (pool_tokens_of(i) for i in infos) if p is not None]
+        versions = self.versions()
+        if infos and infos[0].get("version"):
+            versions["engine"] = str(infos[0]["version"])
+        target = Target(path=path, url=topo.entry_url, flush_urls=tuple(engines), api_key=c.api_key,
+                        pool_tokens=min(pools) if pools else None,
+                        page_size=int(infos[0].get("page_size") or 1) if infos else 1,
+                        server_argv=tuple(tuple(_masked(a)) for a in topo.argvs()), versions=versions)
+        self._targets = {path: target}
+        return target
+
+    def _external_target(self, path: str) -> Target:
+        urls = self.config.urls or {}
+        if path not in urls:
+            raise ConfigError(f"--ppd-url gives no URL for the {path} path; use local=URL,remote=URL")
+        url = urls[path]
+        info = _server_info(url, self.config.api_key)
+        target = Target(path=path, url=url, flush_urls=(url,), api_key=self.config.api_key,
+                        pool_tokens=pool_tokens_of(info), page_size=int(info.get("page_size") or 1),
+                        versions={**self.versions(), "engine": str(info.get("version", "unknown"))})
+        self._targets[path] = target
+        return target
+
+    def stop_topology(self) -> None:
+        if self._topology is not None:
+            self._topology.stop()
+            self._topology = None
+            self._targets = {}
+
+    def close(self) -> None:
+        self.stop_topology()
+
+    # -- measurement ---------------------------------------------------------
+    def measure(self, point: GridPoint, path: str, suite: str) -> PointOutcome:
+        if self.config.backend == "replay":
+            outcome = self._replayed(point, path)
+        elif self.config.resume and self.store.is_done(point.bs, point.L, point.m, path):
+            outcome = self._from_store(point, path)
+        else:
+            target = self.target(path)
+            if target.pool_tokens is not None and point.total_tokens > target.pool_tokens:
+                why = (f"{point.id}: BS*(L+m) = {point.total_tokens} tokens > the {path} server's KV pool "
+                       f"max_total_num_tokens = {target.pool_tokens}; its context cannot stay cached")
+                self.infeasible.append((point, path, why))
+                raise Infeasible(why)
+            outcome = measure_point(target, point, self.settings(suite), self.store)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def _from_store(self, point: GridPoint, path: str) -> PointOutcome:
+        records = self.store.rounds_for(point.bs, point.L, point.m, path)
+        valid = [r["batch_latency_ms"] for r in records if r["valid"]]
+        return PointOutcome(point, path, records, summarize(valid) if valid else None)
+
+    def _replayed(self, point: GridPoint, path: str) -> PointOutcome:
+        assert self.config.replay is not None
+        if not hasattr(self, "_replay_rounds"):
+            self._replay_rounds = RecordStore.read(self.config.replay).rounds
+        records = [r for r in self._replay_rounds if (r["bs"], r["L"], r["m"], r["path"]) ==
+                   (point.bs, point.L, point.m, path)]
+        valid = [r["batch_latency_ms"] for r in records if r["valid"]]
+        return PointOutcome(point, path, records, summarize(valid) if valid else None)
+
+
+def _masked(argv: list[str]) -> list[str]:
+    from pytest_ppd.servers.commands import mask_secrets
+
+    return mask_secrets(argv)
