@@ -1,0 +1,165 @@
+"""Measurements end to end on the sim: proven rounds, flagged mistakes, crash-safe records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+
+from pytest_ppd.client import workload as workload_mod
+from pytest_ppd.client.runner import Settings, Target, measure_point
+from pytest_ppd.grid import GridPoint
+from pytest_ppd.records import RecordStore
+from pytest_ppd.servers.process import tagged_processes
+from pytest_ppd.servers.topology import TopologyConfig, start_topology
+from pytest_ppd.specs import GpuSpec, gpu_spec, model_spec
+
+pytestmark = pytest.mark.slow
+MODEL, GPU = model_spec("Llama-3.1-8B"), gpu_spec("H100-SXM")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    with start_topology(TopologyConfig(kind="colocated"), tmp_path_factory.mktemp("colo")) as topo:
+        info = httpx.get(topo.colocated + "/server_info", trust_env=False).json()
+        yield Target("local", topo.colocated, (topo.colocated,), pool_tokens=info["max_total_num_tokens"])
+
+
+def _store(tmp_path):
+    return RecordStore(tmp_path / "res", run_id="t", config_hash="h")
+
+
+def test_rounds_are_valid_with_cache_proof(local, tmp_path):
+    """Every request reports cached_tokens == L and prompt_tokens == L + m; no append repeats."""
+    point = GridPoint(4, 1024, 64)
+    out = measure_point(local, point, Settings("t", "sim", MODEL, GPU, min_reps=3, max_reps=4), _store(tmp_path))
+    assert out.records and not out.invalid
+    for rec in out.records:
+        assert rec["cached_tokens"] == [1024] * 4 and rec["prompt_tokens"] == [1088] * 4
+        assert rec["batch_latency_ms"] >= rec["floor_ms"]
+    wl = workload_mod.Workload(point, MODEL.vocab_size, 0, "local")
+    appends = [tuple(wl.append(c, r)) for c in range(4) for r in range(len(out.records))]
+    assert len(set(appends)) == len(appends)
+
+
+def test_repeated_prompts_are_flagged_invalid(local, tmp_path, monkeypatch):
+    """Seed 000's mistake: the same append every round hits the cache and is never reported."""
+    original = workload_mod.Workload.append
+    monkeypatch.setattr(workload_mod.Workload, "append", lambda self, conv, round_: original(self, conv, 0))
+    out = measure_point(local, GridPoint(2, 512, 256), Settings("t", "sim", MODEL, GPU, min_reps=3, max_reps=4),
+                        _store(tmp_path))
+    assert out.records[0]["valid"]
+    later = out.records[1:]
+    assert later and all(not r["valid"] for r in later)
+    assert any("served from cache" in reason for reason in later[0]["invalid_reasons"])
+    assert out.summary.n == 1  # only the proven round counts
+
+
+def test_cache_busting_is_flagged_invalid(local, tmp_path, monkeypatch):
+    """A context that differs between warm-up and append was recomputed: invalid."""
+    calls = Counter()
+    original = workload_mod.Workload.context
+
+    def drifting(self, conv):
+        calls[conv] += 1
+        return original(self, conv + 1000 * calls[conv])
+
+    monkeypatch.setattr(workload_mod.Workload, "context", drifting)
+    out = measure_point(local, GridPoint(2, 512, 32), Settings("t", "sim", MODEL, GPU, min_reps=3, max_reps=3),
+                        _store(tmp_path))
+    assert not out.valid and out.summary is None
+    assert all(any("not cached" in r for r in rec["invalid_reasons"]) for rec in out.records)
+
+
+def test_round_faster_than_the_floor_is_invalid(local, tmp_path):
+    """Against a GPU 1000x slower than the sim's, every round beats the floor: physically impossible."""
+    slow = GpuSpec("slow", GPU.peak_flops / 1000, GPU.hbm_bytes_per_s / 1000, GPU.memory_bytes)
+    out = measure_point(local, GridPoint(1, 512, 64), Settings("t", "sim", MODEL, slow, min_reps=3, max_reps=3),
+                        _store(tmp_path))
+    assert not out.valid
+    assert all(any("below physical floor" in r for r in rec["invalid_reasons"]) for rec in out.records)
+
+
+SUITE = "def test_append(ppd_point, ppd_path, ppd_measure):\n    ppd_measure(ppd_point, ppd_path)\n"
+
+
+def _rounds(path):
+    return RecordStore.read(path).rounds
+
+
+def test_smoke_run_through_pytest_writes_valid_records(pytester):
+    pytester.makepyfile(test_grid=SUITE)
+    res = pytester.path / "res"
+    result = pytester.runpytest_subprocess("--ppd-grid=bs=1,2;L=256;m=16", f"--ppd-results={res}",
+                                           "--ppd-max-reps=4", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*pytest-ppd summary*", "bs2-L256-m16*remote*", f"records: {res}/records.jsonl"])
+    rounds = _rounds(res / "records.jsonl")
+    assert {r["path"] for r in rounds} == {"local", "remote"}
+    assert all(r["valid"] and r["cached_tokens"] == [256] * r["bs"] for r in rounds)
+    assert all(r["server_argv"] and r["versions"]["sglang_router"] == "0.3.2" for r in rounds)
+
+
+def test_capacity_infeasible_points_are_reported_not_run(pytester):
+    """With a 2048-token pool, BS=4 x (L=1024 + m) cannot stay cached: the point is reported infeasible."""
+    pytester.makepyfile(test_grid="""
+from pytest_ppd.grid import GridPoint
+def test_big(ppd_measure, ppd_session, monkeypatch):
+    import pytest_ppd.session as s
+    ppd_measure(GridPoint(4, 1024, 32), "local")
+""")
+    pytester.makeconftest("""
+import pytest
+from pytest_ppd.servers import topology
+_orig = topology.TopologyConfig.__init__
+def _small(self, *a, **kw):
+    _orig(self, *a, **{**kw, "max_total_tokens": 2048})
+topology.TopologyConfig.__init__ = _small
+""")
+    result = pytester.runpytest_subprocess(f"--ppd-results={pytester.path / 'r'}", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*infeasible: bs4-L1024-m32: BS*(L+m) = 4224 tokens > *max_total_num_tokens = 2048*"])
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(pytester):
+    """kill -9 mid-grid: servers die with it; --ppd-resume completes the grid, no round lost or repeated."""
+    pytester.makepyfile(test_grid=SUITE)
+    res = pytester.path / "res"
+    token = f"ppd-test-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PPD_RUN_TOKEN": token}
+    args = [sys.executable, "-m", "pytest", "test_grid.py", "--ppd-grid=bs=1,2;L=512;m=16,128",
+            f"--ppd-results={res}", "--ppd-reps=3", "--ppd-max-reps=6", "-p", "no:cacheprovider", "-q"]
+    proc = subprocess.Popen(args, cwd=pytester.path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = res / "records.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if records.exists() and len(_rounds(records)) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    before = records.read_bytes()
+    lines_before = [ln for ln in before.split(b"\n")[:-1]]
+    deadline = time.monotonic() + 10
+    while tagged_processes(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tagged_processes(token) == [], "servers outlived a kill -9 of pytest"
+    resumed = subprocess.run(args + ["--ppd-resume"], cwd=pytester.path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    after = records.read_bytes()
+    complete_before = before[: before.rfind(b"\n") + 1]
+    assert after.startswith(complete_before), "a round written before the kill was lost or rewritten"
+    rounds = _rounds(records)
+    keys = Counter((r["bs"], r["L"], r["m"], r["path"], r["round"]) for r in rounds)
+    assert max(keys.values()) == 1, "duplicate round after resume"
+    done = {(d["bs"], d["L"], d["m"], d["path"]) for d in RecordStore.read(records).done}
+    assert len(done) == 8
+    assert len(lines_before) >= 5
+    assert tagged_processes(token) == []
