@@ -100,6 +100,16 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return 0 if not left else 1
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pytest_ppd.client.validate import run_validate
+    from pytest_ppd.config import parse_url
+
+    checks = run_validate(parse_url(args.url, "--url"), api_key_from_env())
+    for check in checks:
+        print(check.line())
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pytest_ppd.servers.topology import TOPOLOGIES
     from pytest_ppd.specs import known_gpus, known_links, known_models
@@ -126,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-remote-bind", action="store_true", help="permit a non-loopback --host")
     serve.add_argument("--dry-run", action="store_true", help="print each process's argv as JSON and exit")
     serve.set_defaults(func=cmd_serve)
+
+    validate = sub.add_parser("validate", help="check a deployment: health, model, streaming, cache proof")
+    validate.add_argument("--url", required=True, help="router or engine base URL, e.g. http://127.0.0.1:30000")
+    validate.set_defaults(func=cmd_validate)
 
     reap_p = sub.add_parser("reap", help="stop servers a crashed run left behind")
     reap_p.add_argument("--token", default=None, help="only this run's token (default: every run)")

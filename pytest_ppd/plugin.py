@@ -106,10 +106,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "ppd_point" not in metafunc.fixturenames:
-        return
-    grid = metafunc.config.stash[SESSION_KEY].config.grid
-    metafunc.parametrize("ppd_point", grid, ids=[p.id for p in grid])
+    if "ppd_point" in metafunc.fixturenames:
+        grid = metafunc.config.stash[SESSION_KEY].config.grid
+        metafunc.parametrize("ppd_point", grid, ids=[p.id for p in grid])
     if "ppd_path" in metafunc.fixturenames:
         metafunc.parametrize("ppd_path", PATHS, ids=list(PATHS))
 
@@ -161,5 +160,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from pytest_ppd.report.terminal import write_summary
 
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None and (session.outcomes or session.infeasible):
+    if session is not None and (session.outcomes or session.infeasible or session.notes):
         write_summary(terminalreporter, session)

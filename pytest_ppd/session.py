@@ -66,10 +66,12 @@ class PpdSession:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     outcomes: list[PointOutcome] = field(default_factory=list)
     infeasible: list[tuple[GridPoint, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     _store: RecordStore | None = None
     _topology: Topology | None = None
     _targets: dict[str, Target] = field(default_factory=dict)
     _results_dir: Path | None = None
+    _measured: dict[tuple[GridPoint, str], PointOutcome] = field(default_factory=dict)
 
     @property
     def results_dir(self) -> Path:
@@ -137,11 +139,22 @@ class PpdSession:
             self._topology = None
             self._targets = {}
 
+    def note(self, line: str) -> None:
+        """A line for the end-of-run summary (suites report derived results this way)."""
+        self.notes.append(line)
+
     def close(self) -> None:
         self.stop_topology()
 
     # -- measurement ---------------------------------------------------------
     def measure(self, point: GridPoint, path: str, suite: str) -> PointOutcome:
+        """Measure (point, path) once per run; later asks (another suite, experiment) reuse it."""
+        key = (point, path)
+        if key not in self._measured:
+            self._measured[key] = self._measure(point, path, suite)
+        return self._measured[key]
+
+    def _measure(self, point: GridPoint, path: str, suite: str) -> PointOutcome:
         if self.config.backend == "replay":
             outcome = self._replayed(point, path)
         elif self.config.resume and self.store.is_done(point.bs, point.L, point.m, path):
@@ -151,7 +164,8 @@ class PpdSession:
             if target.pool_tokens is not None and point.total_tokens > target.pool_tokens:
                 why = (f"{point.id}: BS*(L+m) = {point.total_tokens} tokens > the {path} server's KV pool "
                        f"max_total_num_tokens = {target.pool_tokens}; its context cannot stay cached")
-                self.infeasible.append((point, path, why))
+                if (point, path, why) not in self.infeasible:
+                    self.infeasible.append((point, path, why))
                 raise Infeasible(why)
             outcome = measure_point(target, point, self.settings(suite), self.store)
         self.outcomes.append(outcome)

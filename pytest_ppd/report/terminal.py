@@ -33,5 +33,7 @@ def write_summary(tr: Any, session: PpdSession) -> None:
         tr.write_line(f"infeasible points (KV pool too small to keep the context cached): {len(session.infeasible)}")
         for _, _, why in session.infeasible[:20]:
             tr.write_line(f"  {why}")
+    for line in session.notes:
+        tr.write_line(line)
     if session._store is not None:
         tr.write_line(f"records: {session.store.path}")

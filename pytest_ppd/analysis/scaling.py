@@ -1,0 +1,78 @@
+"""Scaling exponents: the slope of log T on log x, with a bootstrap 95% CI.
+
+    >>> fit = fit_exponent([32, 32, 512, 512], [20.0, 21.0, 80.0, 82.0])
+    >>> round(fit.exponent, 2)
+    0.49
+
+The CI resamples rounds within each x (stratified), so it reflects run-to-run
+noise; ``endpoint_slope`` is seed 000's two-point slope, kept for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class ExponentFit:
+    exponent: float
+    ci_low: float
+    ci_high: float
+    intercept: float
+    n: int
+    endpoint_slope: float
+
+    def contains(self, value: float) -> bool:
+        return self.ci_low <= value <= self.ci_high
+
+
+def _slope(logx: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
+    slope, intercept = np.polyfit(logx, logy, 1)
+    return float(slope), float(intercept)
+
+
+def endpoint_slope(xs: Sequence[float], medians: Sequence[float]) -> float:
+    """log(T_last / T_first) / log(x_last / x_first) over the sorted x values."""
+    pairs = sorted(zip(xs, medians))
+    (x0, t0), (x1, t1) = pairs[0], pairs[-1]
+    return math.log(t1 / t0) / math.log(x1 / x0)
+
+
+def fit_exponent(ms: Sequence[float], latencies_ms: Sequence[float], *, level: float = 0.95,
+                 seed: int = 0) -> ExponentFit:
+    """Least-squares slope of log latency on log m over all samples, with a stratified bootstrap CI."""
+    x = np.asarray(ms, dtype=float)
+    y = np.asarray(latencies_ms, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"ms and latencies_ms differ in length ({x.size} vs {y.size})")
+    if np.any(x <= 0) or np.any(y <= 0) or not np.all(np.isfinite(y)):
+        raise ValueError("fit_exponent needs positive, finite m and latencies")
+    groups: dict[float, list[float]] = defaultdict(list)
+    for xi, yi in zip(x, y):
+        groups[float(xi)].append(float(yi))
+    if len(groups) < 2:
+        raise ValueError("fit_exponent needs at least two distinct m values")
+    keys = sorted(groups)
+    slope, intercept = _slope(np.log(x), np.log(y))
+    # OLS slope with fixed x is linear in y: slope = w . log y, so all resamples are one matmul.
+    rng = np.random.default_rng(seed)
+    logx = np.concatenate([np.full(len(groups[k]), math.log(k)) for k in keys])
+    centered = logx - logx.mean()
+    w = centered / float(centered @ centered)
+    resampled = np.concatenate(
+        [np.log(np.asarray(groups[k]))[rng.integers(0, len(groups[k]), (BOOTSTRAP_RESAMPLES, len(groups[k])))]
+         for k in keys], axis=1)
+    boots = resampled @ w
+    alpha = (1 - level) / 2
+    medians = [float(np.median(groups[k])) for k in keys]
+    return ExponentFit(
+        exponent=slope, ci_low=float(np.quantile(boots, alpha)), ci_high=float(np.quantile(boots, 1 - alpha)),
+        intercept=intercept, n=int(x.size), endpoint_slope=endpoint_slope(keys, medians),
+    )
