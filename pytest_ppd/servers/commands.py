@@ -90,14 +90,16 @@ def router_argv(spec: LaunchSpec, port: int, prefill: list[tuple[str, int]], dec
     """The real sglang-router in P/D mode, bound to loopback, with retries off.
 
     A retried append would find its context *and* its append cached and fake a
-    fast round, so measurements run with --disable-retries.
+    fast round, so measurements run with --disable-retries; the circuit
+    breaker (10 failures open it for 60 s, even once workers are healthy again)
+    would turn one injected fault into a minute of failed rounds, so it is off.
     """
     argv = [sys.executable, "-m", ROUTER_MODULE, "--pd-disaggregation"]
     for url, boot in prefill:
         argv += ["--prefill", url, str(boot)]
     for url in decode:
         argv += ["--decode", url]
-    argv += ["--host", spec.host, "--port", str(port), "--policy", "round_robin", "--disable-retries",
+    argv += ["--host", spec.host, "--port", str(port), "--policy", "round_robin", "--disable-retries", "--disable-circuit-breaker",
              "--prometheus-host", spec.host, "--prometheus-port", str(prometheus_port),
              "--log-level", "warn"]
     if spec.api_key:

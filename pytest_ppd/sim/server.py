@@ -20,7 +20,8 @@ import httpx
 from aiohttp import web
 
 from pytest_ppd import __version__
-from pytest_ppd.sim.api import ApiError, GenerateRequest, error_body, parse_generate, realtime
+from pytest_ppd.sim.api import (ApiError, GenerateRequest, contract_error, error_body, parse_generate, realtime,
+                                stream_error_event)
 from pytest_ppd.sim.args import SimConfig
 from pytest_ppd.sim.clock import WallClockRunner
 from pytest_ppd.sim.costmodel import CostModel, CostProfile
@@ -165,27 +166,34 @@ class SimServer:
 
     # -- /generate -----------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        """SGLang's order: JSON, contract (400 {"error": text}), then ValueErrors (400, or in-stream)."""
         created = time.perf_counter()
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response(error_body("Invalid request body: not valid JSON"), status=400)
-        stream = isinstance(body, dict) and body.get("stream") is True
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return web.json_response({"detail": [{"type": "json_invalid", "loc": ["body", 0],
+                                                  "msg": "JSON decode error", "ctx": {"error": str(exc)}}]},
+                                     status=422)
+        problem = contract_error(body)
+        if problem is not None:
+            return web.json_response({"error": problem}, status=400)
+        resp: web.StreamResponse | None = None
+        if body.get("stream") is True:  # headers go out at once, as with SGLang's StreamingResponse
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await resp.prepare(request)
         try:
             gen = parse_generate(body, vocab_size=self.cfg.model.vocab_size,
                                  context_length=self.cfg.context_length, pool_tokens=self.cfg.pool_tokens)
             if self.args.disaggregation_mode == "decode" and gen.bootstrap_room is None:
-                raise ApiError("Decode mode needs a bootstrap_room (send requests through the P/D router).")
+                raise ApiError("Decode mode needs bootstrap_host/port/room: send requests through the P/D router.")
         except ApiError as exc:
-            if stream and exc.status == 400 and not exc.message.startswith("Invalid request body"):
-                return await self._stream_error(request, exc.message)
-            return web.json_response(error_body(exc.message, exc.status), status=exc.status)
+            return await self._error(request, resp, exc.message, exc.status)
         self.served += 1
-        rid = gen.rid or uuid.uuid4().hex
-        req = SimRequest(rid, gen.input_ids, gen.max_new_tokens, arrival_s=created)
-        if gen.max_new_tokens == 0:
-            return await self._finish_without_tokens(request, gen, req, created)
+        req = SimRequest(gen.rid or uuid.uuid4().hex, gen.input_ids, gen.max_new_tokens, arrival_s=created)
         state = _State(req, created)
+        if gen.max_new_tokens == 0:
+            req.finish_reason, req.finished_s = {"type": "length", "length": 0}, time.perf_counter()
+            return await self._send_final(request, resp, gen, state)
         self.states[id(req)] = state
         try:
             if self.profile.request_overhead_s:
@@ -193,13 +201,15 @@ class SimServer:
             if self.args.disaggregation_mode == "decode":
                 failure = await self._receive_kv(gen, req)
                 if failure:
-                    return await self._fail(request, gen, failure)
+                    return await self._error(request, resp, failure, 500)
             state.wait_queue_entry_s = time.perf_counter()
             self.engine.add(req)
             self.runner.notify()
-            if gen.stream:
-                return await self._stream(request, gen, state)
-            return await self._unary(gen, state)
+            if resp is not None:
+                return await self._stream(resp, gen, state)
+            while not (await state.queue.get()).finished:
+                pass
+            return web.json_response(self._chunk(gen, state, True))
         finally:
             self.states.pop(id(req), None)
             if req.finished_s is None:
@@ -207,15 +217,19 @@ class SimServer:
                 self.runner.notify()
             self._publish_room(gen, req)
 
-    async def _fail(self, request: web.Request, gen: GenerateRequest, message: str) -> web.StreamResponse:
-        if gen.stream:
-            return await self._stream_error(request, message, status=500)
-        return web.json_response(error_body(message, 500), status=500)
+    async def _error(self, request: web.Request, resp: web.StreamResponse | None, message: str,
+                     status: int) -> web.StreamResponse:
+        if resp is None:
+            return web.json_response(error_body(message, status), status=status)
+        await resp.write(b"data: " + json.dumps(stream_error_event(message, status)).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
 
-    async def _stream_error(self, request: web.Request, message: str, status: int = 400) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b"data: " + json.dumps(error_body(message, status)).encode() + b"\n\n")
+    async def _send_final(self, request: web.Request, resp: web.StreamResponse | None, gen: GenerateRequest,
+                          state: _State) -> web.StreamResponse:
+        if resp is None:
+            return web.json_response(self._chunk(gen, state, True))
+        await resp.write(b"data: " + json.dumps(self._chunk(gen, state, True)).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -252,38 +266,15 @@ class SimServer:
             out = {"text": "", **out}
         return out
 
-    async def _next(self, state: _State) -> Event:
-        return await state.queue.get()
-
-    async def _stream(self, request: web.Request, gen: GenerateRequest, state: _State) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+    async def _stream(self, resp: web.StreamResponse, gen: GenerateRequest, state: _State) -> web.StreamResponse:
         while True:
-            event = await self._next(state)
+            event = await state.queue.get()
             await resp.write(b"data: " + json.dumps(self._chunk(gen, state, event.finished)).encode() + b"\n\n")
             if event.finished:
                 break
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-    async def _unary(self, gen: GenerateRequest, state: _State) -> web.Response:
-        while not (await self._next(state)).finished:
-            pass
-        return web.json_response(self._chunk(gen, state, True))
-
-    async def _finish_without_tokens(self, request: web.Request, gen: GenerateRequest, req: SimRequest,
-                                     created: float) -> web.StreamResponse:
-        req.finish_reason = {"type": "length", "length": 0}
-        req.finished_s = time.perf_counter()
-        state = _State(req, created)
-        if gen.stream:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            await resp.write(b"data: " + json.dumps(self._chunk(gen, state, True)).encode() + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
-            return resp
-        return web.json_response(self._chunk(gen, state, True))
 
     # -- P/D: the bootstrap channel -------------------------------------------
     def _room(self, room: int) -> asyncio.Future:
