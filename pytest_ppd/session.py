@@ -72,6 +72,7 @@ class PpdSession:
     _targets: dict[str, Target] = field(default_factory=dict)
     _results_dir: Path | None = None
     _measured: dict[tuple[GridPoint, str], PointOutcome] = field(default_factory=dict)
+    _last_row: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
     @property
     def results_dir(self) -> Path:
@@ -138,6 +139,7 @@ class PpdSession:
             self._topology.stop()
             self._topology = None
             self._targets = {}
+            self._last_row = {}
 
     def note(self, line: str) -> None:
         """A line for the end-of-run summary (suites report derived results this way)."""
@@ -167,7 +169,13 @@ class PpdSession:
                 if (point, path, why) not in self.infeasible:
                     self.infeasible.append((point, path, why))
                 raise Infeasible(why)
-            outcome = measure_point(target, point, self.settings(suite), self.store)
+            # Points of one grid row share contexts: keep the cache, give each its own block of append ids.
+            row = [p for p in self.config.grid if (p.bs, p.L) == (point.bs, point.L)]
+            in_grid = point in row
+            keep = in_grid and self._last_row.get(path) == (point.bs, point.L)
+            outcome = measure_point(target, point, self.settings(suite), self.store, flush=not keep,
+                                    slot=row.index(point) if in_grid else 0)
+            self._last_row[path] = (point.bs, point.L) if in_grid else None
         self.outcomes.append(outcome)
         return outcome
 

@@ -163,3 +163,18 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(pytester):
     assert len(done) == 8
     assert len(lines_before) >= 5
     assert tagged_processes(token) == []
+
+
+def test_repeated_prompt_run_fails_the_test_with_reasons(pytester):
+    """Through pytest: a run whose appends repeat cannot reach --ppd-reps valid rounds and fails, saying why."""
+    pytester.makepyfile(test_grid=SUITE)
+    pytester.makeconftest("""
+from pytest_ppd.client import workload
+_orig = workload.Workload.append
+workload.Workload.append = lambda self, conv, round_: _orig(self, conv, 0)
+""")
+    result = pytester.runpytest_subprocess("--ppd-grid=bs=1;L=256;m=64", f"--ppd-results={pytester.path / 'r'}",
+                                           "-k", "local", "--ppd-max-reps=4")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*bs1-L256-m64-local: 1 of 4 rounds valid, --ppd-reps needs 3*",
+                                 "*cached_tokens=* > L=256: part of the append was served from cache*"])

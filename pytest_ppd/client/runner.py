@@ -153,13 +153,17 @@ def _enough(valid_ms: list[float], total: int, settings: Settings) -> bool:
 
 
 async def measure_point_async(target: Target, point: GridPoint, settings: Settings,
-                              store: RecordStore) -> PointOutcome:
+                              store: RecordStore, flush: bool = True, slot: int = 0) -> PointOutcome:
+    """flush=False keeps the cache of the previous point of the same (BS, L), whose contexts are these;
+    slot (the point's index in its row) keeps its appends' first ids apart from the other points'."""
     previous = store.rounds_for(point.bs, point.L, point.m, target.path)
     records: list[dict[str, Any]] = list(previous)
-    wl = Workload(point, settings.model.vocab_size, settings.seed, target.path)
+    wl = Workload(point, settings.model.vocab_size, settings.seed, target.path, slot=slot,
+                  rounds_cap=settings.max_reps)
     async with StreamClient(target.url, api_key=target.api_key) as client:
-        await _flush(client, target.flush_urls)
-        await _warm(client, wl, point)
+        if flush:
+            await _flush(client, target.flush_urls)
+        await _warm(client, wl, point)  # a no-op prefill of 1 token when the context is cached
         round_ = max((r["round"] for r in previous), default=-1) + 1
         while not _enough([r["batch_latency_ms"] for r in records if r["valid"]], len(records), settings):
             started = time.time()
@@ -173,6 +177,7 @@ async def measure_point_async(target: Target, point: GridPoint, settings: Settin
     return PointOutcome(point, target.path, records, summarize(valid) if valid else None)
 
 
-def measure_point(target: Target, point: GridPoint, settings: Settings, store: RecordStore) -> PointOutcome:
+def measure_point(target: Target, point: GridPoint, settings: Settings, store: RecordStore,
+                  flush: bool = True, slot: int = 0) -> PointOutcome:
     """Blocking wrapper for pytest tests."""
-    return asyncio.run(measure_point_async(target, point, settings, store))
+    return asyncio.run(measure_point_async(target, point, settings, store, flush, slot))

@@ -1,9 +1,12 @@
 """Exact token ids: deterministic contexts, and appends that were never sent before.
 
-Conversation c of a point has a context of L ids fixed by (seed, point, c). The
-append of round r is m ids whose first id is unique to (round, conversation),
-so no append can match anything already cached (a previous round's append, a
-warm-up output): the server has to compute every one of its m tokens.
+Conversation c has a context of L ids fixed by (seed, path, BS, L, c), so the
+points of one (BS, L) row share contexts and need no re-warming. The first id
+of every append is unique among all appends to those contexts: the points of a
+row get disjoint blocks of ids (``slot`` = the point's index in its row, each
+block ``rounds_cap x BS`` ids), and within a block (round, conversation) picks
+one. So no append can match anything already cached; the server has to compute
+every one of its m tokens.
 
     wl = Workload(GridPoint(4, 1024, 32), vocab_size=128256, seed=0)
     wl.context(0)          # 1024 ids
@@ -33,30 +36,41 @@ class Workload:
     vocab_size: int
     seed: int = 0
     path: str = ""
+    slot: int = 0  # index of this point among the points sharing its contexts
+    rounds_cap: int = 64  # most rounds one point can take
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2 * _LOW:
             raise ValueError(f"vocab_size {self.vocab_size} too small for exact-token workloads")
+        needed = (self.slot + 1) * self.rounds_cap * self.point.bs
+        if needed > self._span:
+            raise ValueError(f"{needed} distinct first ids needed but the vocabulary offers {self._span}; "
+                             "lower --ppd-max-reps or split the grid")
 
     @property
-    def _high(self) -> int:
-        return self.vocab_size - 1
+    def _span(self) -> int:
+        return self.vocab_size - 1 - _LOW
+
+    def _ids(self, n: int, *key: object) -> np.ndarray:
+        return _rng(*key).integers(_LOW, self.vocab_size - 1, n)
 
     def context(self, conv: int) -> list[int]:
-        """The L cached tokens of conversation `conv` (its first id differs between conversations)."""
-        if self.point.L == 0:
+        """The L cached tokens of conversation `conv`; conversations differ from their first id."""
+        p = self.point
+        if p.L == 0:
             return []
-        ids = _rng("ctx", self.seed, self.path, self.point, conv).integers(_LOW, self._high, self.point.L)
-        offset = int(_rng("first", self.seed, self.path, self.point).integers(0, self._high - _LOW))
-        ids[0] = _LOW + (offset + conv) % (self._high - _LOW)
+        ids = self._ids(p.L, "ctx", self.seed, self.path, p.bs, p.L, conv)
+        offset = int(_rng("first", self.seed, self.path, p.bs, p.L).integers(0, self._span))
+        ids[0] = _LOW + (offset + conv) % self._span
         return ids.tolist()
 
     def append(self, conv: int, round_: int) -> list[int]:
-        """m tokens new for this round and conversation."""
-        ids = _rng("app", self.seed, self.path, self.point, conv, round_).integers(_LOW, self._high, self.point.m)
-        # The first id is unique per (round, conversation): never a cached continuation.
-        span = self._high - _LOW
-        ids[0] = _LOW + (round_ * self.point.bs + conv + 1 + self.seed * 7919) % span
+        """m tokens new for this point, round and conversation."""
+        p = self.point
+        if not 0 <= round_ < self.rounds_cap:
+            raise ValueError(f"round {round_} outside 0..{self.rounds_cap - 1}")
+        ids = self._ids(p.m, "app", self.seed, self.path, p, conv, round_)
+        ids[0] = _LOW + (self.slot * self.rounds_cap + round_) * p.bs + conv
         return ids.tolist()
 
     def prompt(self, conv: int, round_: int) -> list[int]:
