@@ -126,7 +126,7 @@ class PpdConfig:
     replay: Path | None = None
     baseline: Path | None = None
     save_baseline: Path | None = None
-    max_new_tokens: int = 2
+    max_new_tokens: int = 1
     api_key: str | None = None
 
     @property

@@ -64,13 +64,13 @@ def test_repeated_prompts_are_flagged_invalid(local, tmp_path, monkeypatch):
 def test_cache_busting_is_flagged_invalid(local, tmp_path, monkeypatch):
     """A context that differs between warm-up and append was recomputed: invalid."""
     calls = Counter()
-    original = workload_mod.Workload.context
+    original = workload_mod.Workload.context_json
 
     def drifting(self, conv):
         calls[conv] += 1
         return original(self, conv + 1000 * calls[conv])
 
-    monkeypatch.setattr(workload_mod.Workload, "context", drifting)
+    monkeypatch.setattr(workload_mod.Workload, "context_json", drifting)
     out = measure_point(local, GridPoint(2, 512, 32), Settings("t", "sim", MODEL, GPU, min_reps=3, max_reps=3),
                         _store(tmp_path))
     assert not out.valid and out.summary is None

@@ -50,7 +50,7 @@ class Settings:
     min_reps: int = 3
     max_reps: int = 10
     ci_target: float = 0.05
-    max_new_tokens: int = 2
+    max_new_tokens: int = 1  # TTFT is the measurement; e2e then ends with it
     seed: int = 0
     n_gpus: int = 1  # GPUs one engine spans (tensor parallel): the floor divides by it
     run_id: str = ""
@@ -91,7 +91,8 @@ async def _flush(client: StreamClient, urls: tuple[str, ...]) -> None:
 async def _warm(client: StreamClient, wl: Workload, point: GridPoint) -> None:
     if point.L == 0:
         return
-    results = await asyncio.gather(*(client.generate(wl.context(c), 1) for c in range(point.bs)))
+    results = await asyncio.gather(*(client.send(build_body(f"[{wl.context_json(c)}]", 1))
+                                     for c in range(point.bs)))
     failed = [r.error for r in results if r.error]
     if failed:
         raise MeasurementError(f"warm-up of {point.id} failed: {failed[0][0]}: {failed[0][1]}")
@@ -99,7 +100,7 @@ async def _warm(client: StreamClient, wl: Workload, point: GridPoint) -> None:
 
 async def _round(client: StreamClient, wl: Workload, point: GridPoint, round_: int,
                  max_new: int) -> list[RequestResult]:
-    bodies = [build_body(wl.prompt(c, round_), max_new) for c in range(point.bs)]
+    bodies = [build_body(wl.prompt_json(c, round_), max_new) for c in range(point.bs)]
     gate = asyncio.Event()
 
     async def one(body: bytes) -> RequestResult:

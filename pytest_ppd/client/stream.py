@@ -48,17 +48,18 @@ class RequestResult:
         return [b - a for a, b in zip(self.event_ns, self.event_ns[1:])]
 
 
-def build_body(input_ids: list[int], max_new_tokens: int, *, rid: str | None = None,
+def build_body(input_ids: list[int] | str, max_new_tokens: int, *, rid: str | None = None,
                extra: dict[str, Any] | None = None) -> bytes:
-    """A streaming /generate body of exact token ids, greedy, ignoring EOS."""
+    """A streaming /generate body of exact token ids (a list, or already a JSON array), greedy, ignoring EOS."""
     body: dict[str, Any] = {
-        "input_ids": input_ids, "stream": True,
+        "input_ids": None, "stream": True,
         "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0.0},
         **(extra or {}),
     }
     if rid:
         body["rid"] = rid
-    return json.dumps(body, separators=(",", ":")).encode()
+    ids = input_ids if isinstance(input_ids, str) else json.dumps(input_ids, separators=(",", ":"))
+    return json.dumps(body, separators=(",", ":")).replace('"input_ids":null', f'"input_ids":{ids}', 1).encode()
 
 
 class StreamClient:

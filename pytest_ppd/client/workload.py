@@ -16,7 +16,8 @@ every one of its m tokens.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +39,8 @@ class Workload:
     path: str = ""
     slot: int = 0  # index of this point among the points sharing its contexts
     rounds_cap: int = 64  # most rounds one point can take
+    _contexts: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _context_json: dict[int, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2 * _LOW:
@@ -56,6 +59,17 @@ class Workload:
 
     def context(self, conv: int) -> list[int]:
         """The L cached tokens of conversation `conv`; conversations differ from their first id."""
+        if conv not in self._contexts:
+            self._contexts[conv] = self._make_context(conv)
+        return self._contexts[conv]
+
+    def context_json(self, conv: int) -> str:
+        """The context's ids as JSON array items (no brackets), encoded once per workload."""
+        if conv not in self._context_json:
+            self._context_json[conv] = json.dumps(self.context(conv), separators=(",", ":"))[1:-1]
+        return self._context_json[conv]
+
+    def _make_context(self, conv: int) -> list[int]:
         p = self.point
         if p.L == 0:
             return []
@@ -75,3 +89,9 @@ class Workload:
 
     def prompt(self, conv: int, round_: int) -> list[int]:
         return self.context(conv) + self.append(conv, round_)
+
+    def prompt_json(self, conv: int, round_: int) -> str:
+        """The prompt as a JSON array, reusing the context's encoding (cheap enough for big batches)."""
+        app = json.dumps(self.append(conv, round_), separators=(",", ":"))[1:-1]
+        ctx = self.context_json(conv)
+        return f"[{ctx},{app}]" if ctx else f"[{app}]"

@@ -56,6 +56,9 @@ class TopologyConfig:
         model_spec(self.model)
         gpu_spec(self.gpu)
         link_spec(self.link)
+
+    def check_installed(self) -> None:
+        """What launching (not planning) needs installed."""
         if not _module_available("sglang_router") and self.kind == "pd":
             raise ConfigError("sglang-router is not installed; pip install sglang-router==0.3.2")
         if self.backend == "sglang" and not _module_available("sglang"):
@@ -174,6 +177,7 @@ def plan(cfg: TopologyConfig, workdir: Path) -> Topology:
 
 def start(topo: Topology) -> Topology:
     """Start engines in parallel, then the router; on any failure stop all and raise."""
+    topo.config.check_installed()
     timeout = STARTUP_TIMEOUT_S[topo.config.backend]
     engines = [p for p in topo.processes if p.name != "router"]
     try:
