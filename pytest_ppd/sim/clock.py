@@ -46,11 +46,14 @@ class VirtualRunner:
     def run(self, until_s: float = float("inf")) -> float:
         """Process events up to until_s; returns the virtual time reached."""
         while self._heap and self._heap[0][0] <= until_s:
-            when, kind, _, payload = heapq.heappop(self._heap)
+            when = self._heap[0][0]
             self.now = when
-            if kind == _ARRIVAL:
-                self.engine.add(payload)  # type: ignore[arg-type]
-            else:
+            # Everything due at this instant happens before the scheduler looks (simultaneous arrivals batch).
+            while self._heap and self._heap[0][0] == when:
+                _, kind, _, payload = heapq.heappop(self._heap)
+                if kind == _ARRIVAL:
+                    self.engine.add(payload)  # type: ignore[arg-type]
+                    continue
                 self._busy = False
                 for event in self.engine.complete(payload, when):  # type: ignore[arg-type]
                     if event.finished:

@@ -32,6 +32,7 @@ class SimRequest:
     computed: int = 0
     output_ids: list[int] = field(default_factory=list)
     owned: int = 0  # pool tokens held outside the radix tree
+    budget: int = 0  # pool tokens it may come to own (set at admission)
     node: _Node | None = None
     forward_entry_s: float | None = None
     first_token_s: float | None = None
@@ -46,7 +47,8 @@ class SimRequest:
 
     @property
     def remaining_reserve(self) -> int:
-        return max(self.max_new_tokens - len(self.output_ids), 0)
+        """Tokens admitted for but not yet allocated: the rest of its prompt chunks and its outputs."""
+        return max(self.budget - self.owned, 0)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Engine:
             n = min(req.prompt_len - req.computed, budget)
             items.append((req, n))
             chunks.append(Extend(n, req.computed, logits=req.computed + n == req.prompt_len))
+            req.owned += n
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             req = self.waiting[0]
@@ -161,16 +164,16 @@ class Engine:
                 break  # head-of-line waits for memory, like SGLang's FCFS
             self.waiting.popleft()
             req.node, req.cached_tokens, req.computed = match.node, match.length, match.length
+            req.budget = need
             req.forward_entry_s = now
             self.running.append(req)
             n = min(req.prompt_len - req.computed, budget)
             items.append((req, n))
             chunks.append(Extend(n, req.computed, logits=req.computed + n == req.prompt_len))
+            req.owned += n  # allocated now, so the next admission sees it
             budget -= n
         if not items:
             return None
-        for req, n in items:
-            req.owned += n
         self.chunking = next((r for r, n in items if r.computed + n < r.prompt_len), None)
         return Batch("extend", tuple(items), self.cost.extend_time(chunks))
 
@@ -182,6 +185,7 @@ class Engine:
             self.prefilled.popleft()
             req.computed = req.prompt_len
             req.owned = req.prompt_len
+            req.budget = req.prompt_len + req.max_new_tokens
             req.cached_tokens = req.preset_cached_tokens
             req.forward_entry_s = now
             self.running.append(req)

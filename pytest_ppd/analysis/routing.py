@@ -1,0 +1,329 @@
+"""LOCAL vs REMOTE routing of append-prefill: the AppendRouter and the fixed rules it competes with.
+
+Both sides run the same engine on the same GPU type, so one step-time model
+serves both, per operator class as DESIGN.md's cost model:
+T(bs, L, m) = c + s_lin * W_lin + s_attn * W_attn, where W_lin = max(F_linear/P,
+B_weights/W) and W_attn = max(F_attn/P, B_kv/W) are the classes' rooflines at
+peak (analysis/roofline.py) and c, s_lin, s_attn are learned online (each s >= 1:
+no class beats its roofline, so no prediction beats the floor). Then
+
+    LOCAL  = c + Work(m)                       + w * (Work(m) - Work(1))   (interference on D's decoders)
+    REMOTE = KV(L) to P unless P holds it  + c + Work(m) + KV(L+m) to D  + queue at P
+
+with KV bytes = BS x tokens x the model's KV bytes per token and transfer time
+= bytes / bandwidth + latency. REMOTE - LOCAL is then concave in m and
+positive at m = 1, so as m grows the decision changes at most once. A relative
+hysteresis band keeps decisions from flapping near the boundary, and every
+decision carries its cost breakdown::
+
+    router = AppendRouter("Llama-3.1-8B", "H100-SXM")
+    router.decide(16, 4096, 512).route          # "local"
+    router.observe("local", 16, 4096, 512, 120.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from pytest_ppd.analysis.roofline import append_work
+from pytest_ppd.specs import GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec, model_spec
+
+LOCAL, REMOTE = "local", "remote"
+
+
+@dataclass(frozen=True)
+class RouterParams:
+    """Time coefficients (seconds, seconds per byte) and dimensionless weights of the router."""
+
+    c_s: float = 0.010  # fixed cost of one append (HTTP, scheduling, launch)
+    s_lin: float = 1.4  # latency per second of the linear layers' roofline
+    s_attn: float = 1.8  # latency per second of attention's roofline
+    link_s_per_byte: float = 1 / 50e9
+    link_latency_s: float = 10e-6
+    queue_s: float = 0.0  # waiting at P, plus the router hop
+    interference_weight: float = 0.0
+    hysteresis: float = 0.0  # relative band: switch only when the other route is this much cheaper
+
+    def __post_init__(self) -> None:
+        for name in ("c_s", "link_s_per_byte", "link_latency_s", "queue_s", "interference_weight", "hysteresis"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"RouterParams.{name} must be finite and >= 0, got {value}")
+        for name in ("s_lin", "s_attn"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"RouterParams.{name} must be finite and > 0, got {value}")
+        if self.hysteresis >= 1:
+            raise ValueError(f"RouterParams.hysteresis must be < 1, got {self.hysteresis}")
+
+    @classmethod
+    def for_link(cls, link: LinkSpec | str, **kw: float) -> "RouterParams":
+        lk = link_spec(link)
+        return cls(link_s_per_byte=1 / lk.bytes_per_s, link_latency_s=lk.latency_s, **kw)
+
+    def scaled(self, k: float) -> "RouterParams":
+        """Every time coefficient times k (decisions must not change)."""
+        return replace(self, c_s=self.c_s * k, s_lin=self.s_lin * k, s_attn=self.s_attn * k,
+                       link_s_per_byte=self.link_s_per_byte * k,
+                       link_latency_s=self.link_latency_s * k, queue_s=self.queue_s * k)
+
+
+@dataclass(frozen=True)
+class RouteCost:
+    route: str
+    parts_s: dict[str, float]
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.parts_s.values())
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: str
+    local: RouteCost
+    remote: RouteCost
+    held_by_hysteresis: bool = False
+
+    @property
+    def cheaper(self) -> str:
+        return LOCAL if self.local.total_s <= self.remote.total_s else REMOTE
+
+
+class _OnlineLeastSquares:
+    """Weighted least squares y ~ X b with exponential forgetting and lower bounds on b."""
+
+    def __init__(self, k: int, lower: list[float], forget: float) -> None:
+        self.k, self.lower, self.forget = k, np.asarray(lower, float), forget
+        self.xtx = np.zeros((k, k))
+        self.xty = np.zeros(k)
+        self.n = 0
+
+    def add(self, x: list[float], y: float, w: float) -> None:
+        v = np.asarray(x, float)
+        self.xtx = self.forget * self.xtx + w * np.outer(v, v)
+        self.xty = self.forget * self.xty + w * y * v
+        self.n += 1
+
+    def solve(self) -> np.ndarray | None:
+        """Active-set solve: coefficients below their bound are pinned there and the rest re-fit."""
+        if self.n < self.k:
+            return None
+        fixed = np.zeros(self.k, bool)
+        b = np.array(self.lower)
+        for _ in range(self.k + 1):
+            free = ~fixed
+            rhs = self.xty[free] - self.xtx[np.ix_(free, fixed)] @ b[fixed]
+            sol, *_ = np.linalg.lstsq(self.xtx[np.ix_(free, free)], rhs, rcond=None)
+            b[free] = sol
+            low = free & (b < self.lower)
+            if not low.any():
+                return b
+            fixed |= low
+            b[fixed] = self.lower[fixed]
+        return b
+
+
+@dataclass
+class AppendRouter:
+    """Decides LOCAL or REMOTE per append batch; learns its coefficients from observed latencies."""
+
+    model: ModelSpec | str
+    gpu: GpuSpec | str
+    params: RouterParams = field(default_factory=RouterParams)
+    forget: float = 0.98
+
+    def __post_init__(self) -> None:
+        self.model = model_spec(self.model)
+        self.gpu = gpu_spec(self.gpu)
+        self._last: dict[object, str] = {}
+        self._local = _OnlineLeastSquares(3, [0.0, 1.0, 1.0], self.forget)
+        self._remote = _OnlineLeastSquares(2, [0.0, 0.0], self.forget)
+        self._work_cache: dict[tuple[int, int, int], tuple[float, float]] = {}
+
+    # -- the model -----------------------------------------------------------
+    def _check(self, bs: int, L: int, m: int) -> None:
+        for name, v in (("bs", bs), ("L", L), ("m", m)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name} must be an int, got {v!r}")
+        if bs < 1 or L < 0 or m < 1:
+            raise ValueError(f"need bs >= 1, L >= 0, m >= 1; got bs={bs}, L={L}, m={m}")
+        limit = self.model.context_length  # type: ignore[union-attr]
+        if L + m > limit:
+            raise ValueError(f"L+m = {L + m} exceeds {self.model.name}'s context length {limit}")  # type: ignore[union-attr]
+
+    def rooflines_s(self, bs: int, L: int, m: int) -> tuple[float, float]:
+        """(W_lin, W_attn): each operator class's time at 100% of peak FLOP/s or HBM bandwidth."""
+        key = (bs, L, m)
+        if key not in self._work_cache:
+            w = append_work(self.model, bs, L, m)  # type: ignore[arg-type]
+            g: GpuSpec = self.gpu  # type: ignore[assignment]
+            self._work_cache[key] = (max(w.flops_linear / g.peak_flops, w.bytes_weights / g.hbm_bytes_per_s),
+                                     max(w.flops_attn / g.peak_flops, w.bytes_kv / g.hbm_bytes_per_s))
+        return self._work_cache[key]
+
+    def work_s(self, bs: int, L: int, m: int) -> float:
+        """Predicted compute time of the append, without the fixed cost c."""
+        lin, attn = self.rooflines_s(bs, L, m)
+        return self.params.s_lin * lin + self.params.s_attn * attn
+
+    def kv_bytes(self, bs: int, tokens: int) -> float:
+        """KV of `tokens` tokens for each of bs conversations, from the model config."""
+        return float(bs) * tokens * self.model.kv_bytes_per_token  # type: ignore[union-attr]
+
+    def transfer_s(self, nbytes: float) -> float:
+        p = self.params
+        return nbytes * p.link_s_per_byte + p.link_latency_s
+
+    def costs(self, bs: int, L: int, m: int, p_holds_context: bool = False) -> tuple[RouteCost, RouteCost]:
+        self._check(bs, L, m)
+        p = self.params
+        w = self.work_s(bs, L, m)
+        extra = max(w - self.work_s(bs, L, 1), 0.0)
+        local = RouteCost(LOCAL, {"overhead": p.c_s, "prefill_on_D": w,
+                                  "interference": p.interference_weight * extra})
+        remote = RouteCost(REMOTE, {
+            "kv_L_to_P": 0.0 if p_holds_context else self.transfer_s(self.kv_bytes(bs, L)),
+            "overhead": p.c_s, "prefill_on_P": w,
+            "kv_to_D": self.transfer_s(self.kv_bytes(bs, L + m)), "queue_at_P": p.queue_s,
+        })
+        return local, remote
+
+    def decide(self, bs: int, L: int, m: int, p_holds_context: bool = False, key: object = None) -> Decision:
+        """The cheaper route, unless the route last chosen for `key` is within the hysteresis band."""
+        local, remote = self.costs(bs, L, m, p_holds_context)
+        best = LOCAL if local.total_s <= remote.total_s else REMOTE
+        route, held = best, False
+        if key is not None and self.params.hysteresis > 0 and key in self._last:
+            last = self._last[key]
+            cost = {LOCAL: local.total_s, REMOTE: remote.total_s}
+            if best != last and cost[best] > cost[last] * (1 - self.params.hysteresis):
+                route, held = last, True
+        if key is not None:
+            self._last[key] = route
+        return Decision(route, local, remote, held)
+
+    # -- online estimation ----------------------------------------------------------
+    def observe(self, path: str, bs: int, L: int, m: int, latency_ms: float, p_holds_context: bool = True) -> None:
+        """Learn from one measured batch latency (relative-error weights, exponential forgetting)."""
+        self._check(bs, L, m)
+        y = latency_ms / 1e3
+        if not (math.isfinite(y) and y > 0):
+            raise ValueError(f"latency must be finite and > 0, got {latency_ms}")
+        if path == LOCAL:
+            lin, attn = self.rooflines_s(bs, L, m)
+            self._local.add([1.0, lin, attn], y, 1 / (y * y))
+            fit = self._local.solve()
+            if fit is not None:
+                self.params = replace(self.params, c_s=float(fit[0]), s_lin=float(fit[1]), s_attn=float(fit[2]))
+        elif path == REMOTE:
+            p = self.params
+            nbytes = self.kv_bytes(bs, L + m) + (0.0 if p_holds_context else self.kv_bytes(bs, L))
+            residual = y - (p.c_s + self.work_s(bs, L, m))
+            self._remote.add([1.0, nbytes / 1e9], residual, 1 / (y * y))  # GB keeps the system well-conditioned
+            fit = self._remote.solve()
+            if fit is not None and fit[1] > 0:
+                self.params = replace(p, queue_s=max(float(fit[0]) - p.link_latency_s, 0.0),
+                                      link_s_per_byte=float(fit[1]) / 1e9)
+            else:
+                self.params = replace(p, queue_s=max(residual - self.transfer_s(nbytes), 0.0))
+        else:
+            raise ValueError(f"path must be 'local' or 'remote', got {path!r}")
+
+
+# -- fixed rules of the field, as comparable policies -----------------------------------
+Policy = Callable[[int, int, int], str]
+
+
+def seed000_rule(local_ms: Callable[[int, int, int], float]) -> Policy:
+    """Seed 000's should_route_to_p_machine, with its published (4096x too large) KV bytes per token."""
+    def rule(bs: int, L: int, m: int) -> str:
+        r = L / (L + m)
+        if bs >= 32 and m >= 4096:
+            return REMOTE
+        if bs <= 4 and r > 0.8:
+            return LOCAL
+        kv_transfer_ms = (L * 2 * 4096 * 32 * 8 * 128 * 2) / 25.6e9 * 1000
+        return REMOTE if local_ms(bs, L, m) > kv_transfer_ms else LOCAL
+    return rule
+
+
+def fixed_policies(local_ms: Callable[[int, int, int], float]) -> dict[str, Policy]:
+    """The rules in use today (thresholds as their projects document them)."""
+    return {
+        "always-local": lambda bs, L, m: LOCAL,
+        "always-remote": lambda bs, L, m: REMOTE,
+        # Dynamo conditional disaggregation: prefill remotely when the uncached prompt is long.
+        "dynamo-uncached>1000": lambda bs, L, m: REMOTE if m > 1000 else LOCAL,
+        # llm-d P/D profile handler: a threshold on non-cached tokens.
+        "llm-d-noncached>256": lambda bs, L, m: REMOTE if m > 256 else LOCAL,
+        # vllm-ppd: appends shorter than 512 tokens stay on the decode instance.
+        "vllm-ppd-append<512": lambda bs, L, m: LOCAL if m < 512 else REMOTE,
+        "seed000-table": seed000_rule(local_ms),
+        # seed 001: transfers are cheap but wasteful; go remote only for very large appends.
+        "seed001-m>2048": lambda bs, L, m: REMOTE if m > 2048 else LOCAL,
+    }
+
+
+def truth_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per point with both paths measured: local_ms, remote_ms (medians) and the oracle route."""
+    wide = cells.pivot_table(index=["bs", "L", "m"], columns="path", values="median_ms").dropna()
+    wide = wide.rename(columns={LOCAL: "local_ms", REMOTE: "remote_ms"}).reset_index()
+    if wide.empty:
+        return wide.assign(oracle=[])
+    wide["oracle"] = [LOCAL if a <= b else REMOTE for a, b in zip(wide["local_ms"], wide["remote_ms"])]
+    return wide
+
+
+def evaluate(policies: dict[str, Policy], truth: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy and regret (extra latency vs the per-point oracle) of each policy."""
+    rows = []
+    for name, policy in policies.items():
+        regrets, hits = [], 0
+        for bs, L, m, loc, rem, oracle in truth[["bs", "L", "m", "local_ms", "remote_ms", "oracle"]].itertuples(
+                index=False):
+            route = policy(int(bs), int(L), int(m))
+            chosen = loc if route == LOCAL else rem
+            regrets.append(chosen - min(loc, rem))
+            hits += route == oracle
+        n = len(regrets)
+        rows.append({"policy": name, "points": n, "accuracy": hits / n if n else float("nan"),
+                     "mean_regret_ms": sum(regrets) / n if n else float("nan"),
+                     "max_regret_ms": max(regrets) if n else float("nan")})
+    return pd.DataFrame(rows).sort_values(["mean_regret_ms", "policy"]).reset_index(drop=True)
+
+
+def trained_router(model: str | ModelSpec, gpu: str | GpuSpec, truth: pd.DataFrame,
+                   params: RouterParams | None = None) -> AppendRouter:
+    """A router that has observed every (point, path) median of `truth`."""
+    router = AppendRouter(model, gpu, params or RouterParams(), forget=1.0)
+    for bs, L, m, loc, rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
+        router.observe(LOCAL, int(bs), int(L), int(m), float(loc))
+    for bs, L, m, loc, rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
+        router.observe(REMOTE, int(bs), int(L), int(m), float(rem), p_holds_context=True)
+    return router
+
+
+def compare_policies(model: str | ModelSpec, gpu: str | GpuSpec, truth: pd.DataFrame,
+                     params: RouterParams | None = None) -> dict[str, pd.DataFrame]:
+    """Every policy on the grid (router trained on all points) and on a held-out half (odd m index)."""
+    local_ms = {(int(r.bs), int(r.L), int(r.m)): float(r.local_ms) for r in truth.itertuples()}
+    policies = fixed_policies(lambda bs, L, m: local_ms[(bs, L, m)])
+
+    def as_policy(router: AppendRouter) -> Policy:
+        return lambda bs, L, m: router.decide(bs, L, m, p_holds_context=True).route
+
+    grid = evaluate({**policies, "append-router": as_policy(trained_router(model, gpu, truth, params))}, truth)
+    ms = sorted(truth["m"].unique())
+    held = truth["m"].isin(ms[1::2])
+    train, test = truth[~held], truth[held]
+    out = {"grid": grid}
+    if not train.empty and not test.empty:
+        router = trained_router(model, gpu, train, params)
+        out["held_out"] = evaluate({**policies, "append-router": as_policy(router)}, test)
+    return out

@@ -1,0 +1,145 @@
+"""The AppendRouter's properties, and the analysis it rests on."""
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_ppd.analysis.routing import LOCAL, REMOTE, AppendRouter, RouterParams
+from pytest_ppd.analysis.scaling import fit_exponent
+from pytest_ppd.sim.clock import VirtualRunner
+from pytest_ppd.sim.costmodel import CostModel, CostProfile
+from pytest_ppd.sim.engine import Engine, SimRequest
+from pytest_ppd.specs import gpu_spec, model_spec
+
+MODEL = "Llama-3.1-8B"
+params_st = st.builds(
+    RouterParams,
+    c_s=st.floats(0, 0.1), s_lin=st.floats(1, 5), s_attn=st.floats(1, 5), link_s_per_byte=st.floats(1e-12, 1e-9),
+    link_latency_s=st.floats(0, 1e-3), queue_s=st.floats(0, 0.5), interference_weight=st.floats(0, 10),
+)
+bs_st, L_st, m_st = st.integers(1, 64), st.integers(0, 65536), st.integers(1, 32768)
+
+
+def test_kv_transfer_uses_the_model_config():
+    """128 KiB per token for Llama-3.1-8B: seed 000/001's arithmetic is not used."""
+    router = AppendRouter(MODEL, "H100-SXM")
+    assert router.kv_bytes(1, 1) == 131072
+    assert router.kv_bytes(4, 1000) == 4 * 1000 * 131072
+
+
+@given(params_st, bs_st, L_st, m_st, st.integers(1, 4096))
+def test_remote_cost_never_decreases_with_L_when_P_lacks_the_context(params, bs, L, m, dL):
+    router = AppendRouter(MODEL, "H100-SXM", params)
+    if L + dL + m > 131072:
+        return
+    _, before = router.costs(bs, L, m, p_holds_context=False)
+    _, after = router.costs(bs, L + dL, m, p_holds_context=False)
+    assert after.total_s >= before.total_s
+
+
+@given(params_st, bs_st, L_st)
+def test_decision_changes_at_most_once_as_m_grows(params, bs, L):
+    router = AppendRouter(MODEL, "H100-SXM", params)
+    routes = [router.decide(bs, L, m).route for m in (1, 2, 8, 32, 128, 512, 2048, 8192, 32768) if L + m <= 131072]
+    changes = sum(a != b for a, b in zip(routes, routes[1:]))
+    assert changes <= 1
+    assert routes[0] == LOCAL or changes == 0
+
+
+@given(params_st, bs_st, L_st, m_st, st.booleans())
+def test_breakdown_sums_to_total_and_costs_are_finite_positive(params, bs, L, m, holds):
+    if L + m > 131072:
+        return
+    router = AppendRouter(MODEL, "H100-SXM", params)
+    d = router.decide(bs, L, m, p_holds_context=holds)
+    for cost in (d.local, d.remote):
+        assert math.isfinite(cost.total_s) and cost.total_s > 0
+        assert math.isclose(sum(cost.parts_s.values()), cost.total_s)
+        assert all(v >= 0 for v in cost.parts_s.values())
+    assert d.route == d.cheaper
+
+
+@given(params_st, bs_st, L_st, m_st, st.floats(1e-3, 1e3))
+def test_scaling_every_time_coefficient_keeps_decisions(params, bs, L, m, k):
+    if L + m > 131072:
+        return
+    a = AppendRouter(MODEL, "H100-SXM", params).decide(bs, L, m)
+    b = AppendRouter(MODEL, "H100-SXM", params.scaled(k)).decide(bs, L, m)
+    margin = abs(a.local.total_s - a.remote.total_s) / max(a.local.total_s, a.remote.total_s)
+    if margin > 1e-9:  # exact ties may round either way
+        assert a.route == b.route
+
+
+@given(st.floats(0.01, 0.5), st.lists(st.tuples(st.integers(1, 8), st.integers(64, 8192)), min_size=2, max_size=30),
+       params_st)
+def test_hysteresis_flips_only_beyond_the_band(band, inputs, params):
+    """Near-boundary inputs: a flip happens only when the new route is cheaper by more than the band."""
+    router = AppendRouter(MODEL, "H100-SXM", RouterParams(**{**params.__dict__, "hysteresis": band}))
+    last = None
+    for bs, m in inputs:
+        d = router.decide(bs, 4096, m, key="conv")
+        if last is not None and d.route != last:
+            cost = {LOCAL: d.local.total_s, REMOTE: d.remote.total_s}
+            assert cost[d.route] <= cost[last] * (1 - band)
+        last = d.route
+
+
+@pytest.mark.parametrize("bad", [(0, 10, 10), (-1, 10, 10), (1, -5, 10), (1, 10, 0), (1, 131000, 8192), (1.5, 10, 10)])
+def test_invalid_inputs_raise_value_error(bad):
+    with pytest.raises(ValueError):
+        AppendRouter(MODEL, "H100-SXM").decide(*bad)
+
+
+@pytest.mark.parametrize("bad", [{"s_lin": 0}, {"c_s": -1}, {"queue_s": math.inf}, {"hysteresis": 1.0}])
+def test_invalid_params_raise(bad):
+    with pytest.raises(ValueError):
+        RouterParams(**bad)
+
+
+@given(st.floats(0.05, 1.5), st.floats(1, 100), st.integers(0, 1000))
+def test_fit_exponent_recovers_a_planted_exponent(exponent, scale, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ms = [m for m in (32, 128, 512, 2048, 8192) for _ in range(5)]
+    ys = [scale * m ** exponent * float(np.exp(rng.normal(0, 0.02))) for m in ms]
+    fit = fit_exponent(ms, ys)
+    assert fit.ci_low - 0.01 <= exponent <= fit.ci_high + 0.01
+    assert abs(fit.exponent - exponent) < 0.05
+
+
+def test_online_estimation_converges_on_sim_measurements():
+    """Fed the sim's own step times, the router predicts them within 10% and learns s >= 1."""
+    model, gpu = model_spec(MODEL), gpu_spec("H100-SXM")
+    router = AppendRouter(model, gpu, RouterParams(c_s=0.1, s_lin=5.0, s_attn=5.0))
+    errors = []
+    for i, (bs, L, m) in enumerate([(b, L, m) for b in (1, 4, 16) for L in (1024, 4096) for m in (32, 512, 2048)] * 2):
+        engine = Engine(CostModel(model, gpu, CostProfile()), 400_000)
+        sim = VirtualRunner(engine)
+        for c in range(bs):
+            sim.submit(SimRequest(f"w{c}", [c + 5] * L, 1, arrival_s=0.0))
+        t0 = sim.run() + 1
+        reqs = [SimRequest(f"a{c}", [c + 5] * L + [9000 + c] * m, 1, arrival_s=t0) for c in range(bs)]
+        for r in reqs:
+            sim.submit(r)
+        sim.run()
+        latency_ms = max(r.first_token_s - t0 for r in reqs) * 1e3
+        local, _ = router.costs(bs, L, m)
+        if i >= 18:
+            errors.append(abs(local.total_s * 1e3 - latency_ms) / latency_ms)
+        router.observe(LOCAL, bs, L, m, latency_ms)
+    assert router.params.s_lin >= 1.0 and router.params.s_attn >= 1.0
+    assert max(errors) < 0.25 and sum(errors) / len(errors) < 0.10
+
+
+def test_remote_observations_learn_queue_and_link():
+    router = AppendRouter(MODEL, "H100-SXM", RouterParams(c_s=0.01, s_lin=1.5, s_attn=2.0))
+    link_s_per_byte, queue = 1 / 20e9, 0.004
+    for bs, L, m in [(1, 1024, 32), (4, 4096, 512), (16, 4096, 2048), (8, 1024, 128)]:
+        truth_local, _ = router.costs(bs, L, m)
+        remote = truth_local.total_s + router.kv_bytes(bs, L + m) * link_s_per_byte + queue
+        router.observe(REMOTE, bs, L, m, remote * 1e3)
+    assert router.params.link_s_per_byte == pytest.approx(link_s_per_byte, rel=0.05)
+    assert router.params.queue_s + router.params.link_latency_s == pytest.approx(queue, rel=0.1)
