@@ -128,6 +128,7 @@ class PpdConfig:
     save_baseline: Path | None = None
     max_new_tokens: int = 1
     api_key: str | None = None
+    expectations: Path | None = None
 
     @property
     def config_hash(self) -> str:
@@ -186,6 +187,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         baseline=Path(get("baseline")) if get("baseline") else None,
         save_baseline=Path(get("save_baseline")) if get("save_baseline") else None,
         api_key=api_key_from_env(),
+        expectations=Path(get("expectations")).expanduser() if get("expectations") else None,
     )
     too_long = [p for p in grid if p.L + p.m + cfg.max_new_tokens > model.context_length]
     if too_long and backend != "replay":

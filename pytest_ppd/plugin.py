@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
@@ -21,6 +21,10 @@ from pytest_ppd.config import PATHS, build_config
 from pytest_ppd.errors import ConfigError, PpdError
 from pytest_ppd.grid import GRID_SYNTAX, GridPoint
 from pytest_ppd.session import Infeasible, PpdSession
+
+if TYPE_CHECKING:
+    from pytest_ppd.analysis.study import Study
+    from pytest_ppd.expectations import Expectations
 
 SESSION_KEY = pytest.StashKey[PpdSession]()
 _OLD_SIGTERM = pytest.StashKey[Any]()
@@ -40,6 +44,7 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("save-baseline", "FILE", None, "write a baseline of this run"),
     ("replay", "RECORDS", None, "records.jsonl the replay backend reads"),
     ("url", "URL", None, "external backend: URL (remote path) or local=URL,remote=URL"),
+    ("expectations", "DIR", None, "expectations directory (default: expectations/ beside the suite module)"),
 ]
 
 
@@ -113,7 +118,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("ppd_path", PATHS, ids=list(PATHS))
 
 
-def _path_of(item: pytest.Item) -> int:
+def _order(item: pytest.Item) -> int:
+    """-1 plain tests, 0 LOCAL, 1 REMOTE, 2 analysis (needs every measurement first)."""
+    if "ppd_study" in getattr(item, "fixturenames", ()):
+        return len(PATHS)
     callspec = getattr(item, "callspec", None)
     path = callspec.params.get("ppd_path") if callspec is not None else None
     return PATHS.index(path) if path in PATHS else -1
@@ -121,7 +129,7 @@ def _path_of(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # All LOCAL tests, then all REMOTE ones: each topology starts once, never two at a time.
-    items.sort(key=_path_of)
+    items.sort(key=_order)
 
 
 @pytest.fixture(scope="session")
@@ -158,9 +166,25 @@ def ppd_measure(request: pytest.FixtureRequest, ppd_session: PpdSession) -> Call
     return measure
 
 
+@pytest.fixture
+def ppd_study(ppd_session: PpdSession) -> "Study":
+    """Every grid point measured (or replayed) on both paths, analysed: regimes, exponents, routing."""
+    return ppd_session.study()
+
+
+@pytest.fixture
+def ppd_expectations(request: pytest.FixtureRequest, ppd_session: PpdSession) -> "Expectations":
+    """The expectations file for this backend, GPU and model (<suite dir>/expectations/ or --ppd-expectations)."""
+    directory = ppd_session.config.expectations or Path(str(request.node.path)).parent / "expectations"
+    try:
+        return ppd_session.expectations(Path(directory))
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from pytest_ppd.report.terminal import write_summary
 
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None and (session.outcomes or session.infeasible or session.notes):
+    if session is not None and (session.outcomes or session.infeasible or session.notes or session.has_study):
         write_summary(terminalreporter, session)

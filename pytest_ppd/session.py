@@ -10,7 +10,7 @@ import importlib.metadata
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -22,6 +22,10 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.grid import GridPoint
 from pytest_ppd.records import RecordStore
 from pytest_ppd.servers.topology import Topology, TopologyConfig, plan, start
+
+if TYPE_CHECKING:
+    from pytest_ppd.analysis.study import Study
+    from pytest_ppd.expectations import Expectations
 
 TOPOLOGY_OF_PATH = {"local": "colocated", "remote": "pd"}
 
@@ -73,6 +77,8 @@ class PpdSession:
     _results_dir: Path | None = None
     _measured: dict[tuple[GridPoint, str], PointOutcome] = field(default_factory=dict)
     _last_row: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    _study: Any = None
+    _study_n: int = 0
 
     @property
     def results_dir(self) -> Path:
@@ -140,6 +146,40 @@ class PpdSession:
             self._topology = None
             self._targets = {}
             self._last_row = {}
+
+    # -- analysis -------------------------------------------------------------
+    @property
+    def has_study(self) -> bool:
+        return self._study is not None
+
+    def records(self) -> list[dict]:
+        return [r for o in self.outcomes for r in o.records]
+
+    def study(self) -> "Study":
+        """Measure whatever grid point is missing (both paths), then analyse everything measured."""
+        from pytest_ppd.analysis.study import analyze
+
+        for path in ("local", "remote"):
+            for point in self.config.grid:
+                try:
+                    self.measure(point, path, "append_grid")
+                except Infeasible:
+                    pass
+        if self._study is None or self._study_n != len(self.outcomes):
+            grid = set(self.config.grid)
+            records = [r for o in self.outcomes if o.point in grid for r in o.records]
+            self._study = analyze(records, self.config.model, self.config.gpu)
+            self._study_n = len(self.outcomes)
+        return self._study
+
+    def expectations(self, directory: Path) -> "Expectations":
+        from pytest_ppd.expectations import expectations_file, load
+
+        backend = self.config.backend
+        if backend == "replay":
+            backends = {r.get("backend") for r in self.records()}
+            backend = backends.pop() if len(backends) == 1 else "replay"
+        return load(expectations_file(backend, self.config.gpu.name, self.config.model.name, directory))
 
     def note(self, line: str) -> None:
         """A line for the end-of-run summary (suites report derived results this way)."""

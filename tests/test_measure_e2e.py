@@ -1,6 +1,7 @@
 """Measurements end to end on the sim: proven rounds, flagged mistakes, crash-safe records."""
 
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -178,3 +179,24 @@ workload.Workload.append = lambda self, conv, round_: _orig(self, conv, 0)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*bs1-L256-m64-local: 1 of 4 rounds valid, --ppd-reps needs 3*",
                                  "*cached_tokens=* > L=256: part of the append was served from cache*"])
+
+
+def test_a_changed_expectation_fails_with_expected_vs_measured(pytester):
+    """The analysis suite passes on the sim's expectations and fails, with the evidence, when one is changed."""
+    suites = Path(__file__).resolve().parent.parent / "suites"
+    pytester.makepyfile(test_analysis=(suites / "test_analysis.py").read_text())
+    exp = pytester.mkdir("expectations")
+    original = (suites / "expectations" / "sim-H100-SXM-Llama-3.1-8B.toml").read_text()
+    (exp / "sim-H100-SXM-Llama-3.1-8B.toml").write_text(original)
+    args = ["--ppd-grid=bs=1,8;L=1024;m=16,32,2048", f"--ppd-results={pytester.path / 'r1'}", "--ppd-max-reps=4"]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*regime map [[]local[]]*", "*scaling exponents*", "*routing policies on grid*"])
+    changed = original.replace('when = "bs * m <= 64"\nregime = "overhead"', 'when = "bs * m <= 64"\nregime = "compute"')
+    assert changed != original
+    (exp / "sim-H100-SXM-Llama-3.1-8B.toml").write_text(changed)
+    args[1] = f"--ppd-results={pytester.path / 'r2'}"
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*bs1-L1024 m 16->32 [[]local[]]: expected compute (bs * m <= 64), measured overhead "
+                                 "with elasticity * ms over * valid rounds; records: *records.jsonl)*"])

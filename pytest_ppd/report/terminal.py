@@ -33,7 +33,30 @@ def write_summary(tr: Any, session: PpdSession) -> None:
         tr.write_line(f"infeasible points (KV pool too small to keep the context cached): {len(session.infeasible)}")
         for _, _, why in session.infeasible[:20]:
             tr.write_line(f"  {why}")
+    if session.has_study:
+        write_study(tr, session.study())
     for line in session.notes:
         tr.write_line(line)
     if session._store is not None:
         tr.write_line(f"records: {session.store.path}")
+
+
+def write_study(tr: Any, study: Any) -> None:
+    from pytest_ppd.analysis.regime import regime_map
+
+    for path in ("local", "remote"):
+        table = regime_map(study.cells, path)
+        if not table.empty:
+            tr.write_line(f"regime map [{path}] (O overhead, T transition, C compute; by elasticity in m):")
+            for line in table.to_string().splitlines():
+                tr.write_line("  " + line)
+    if not study.fits.empty:
+        tr.write_line("scaling exponents (log-log slope of latency on m, 95% bootstrap CI; seed's endpoint slope):")
+        for r in study.fits.itertuples():
+            tr.write_line(f"  {r.path:<6} bs{r.bs:<3} L{r.L:<6} {r.exponent:6.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]  "
+                          f"endpoint {r.endpoint_slope:.3f}  n={r.n}")
+    for split, table in study.policies.items():
+        tr.write_line(f"routing policies on {split} ({int(table['points'].iloc[0])} points; regret vs per-point oracle):")
+        for r in table.itertuples():
+            tr.write_line(f"  {r.policy:<22} accuracy {r.accuracy:6.1%}  mean regret {r.mean_regret_ms:9.2f} ms  "
+                          f"max {r.max_regret_ms:9.2f} ms")

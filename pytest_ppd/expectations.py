@@ -1,0 +1,125 @@
+"""Expectations as data: `suites/expectations/<backend>-<gpu>-<model>.toml`.
+
+A file states what the physics predicts, as ranges, never as measured numbers::
+
+    [[cells]]                         # per cell: the regime of the segment m_prev -> m
+    when = "bs * m_prev >= 8192"      # a pandas query over bs, L, m, m_prev, path
+    regime = "compute"
+
+    [[rows]]                          # per (path, bs, L) row: the exponent's 95% CI must lie in the range
+    when = "bs >= 32"
+    exponent = [0.7, 1.2]
+
+    [routing]
+    route = "local"                   # the measured-faster route at every point
+    router_regret_at_most_best_fixed = true
+
+``check_*`` return one message per failed expectation, with expected vs
+measured, the CI and the records behind it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pytest_ppd.analysis.regime import REGIMES
+from pytest_ppd.errors import ConfigError
+
+@dataclass(frozen=True)
+class Expectations:
+    path: Path
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    routing: dict[str, Any] = field(default_factory=dict)
+
+
+def expectations_file(backend: str, gpu: str, model: str, directory: Path) -> Path:
+    """sim-H100-SXM-Llama-3.1-8B.toml for the sim; H100-SXM-Llama-3.1-8B.toml for measured hardware."""
+    prefix = "sim-" if backend == "sim" else ""
+    return directory / f"{prefix}{gpu}-{model}.toml"
+
+
+def load(path: Path) -> Expectations:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no expectations file {path}; write one (see suites/expectations/) or pick a "
+                          "--ppd-gpu/--ppd-model that has one") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    cells, rows, routing = data.get("cells", []), data.get("rows", []), data.get("routing", {})
+    for i, rule in enumerate(cells):
+        if rule.get("regime") not in REGIMES or not isinstance(rule.get("when"), str):
+            raise ConfigError(f"{path}: cells[{i}] needs when = \"...\" and regime in {REGIMES}")
+    for i, rule in enumerate(rows):
+        rng = rule.get("exponent")
+        if not (isinstance(rng, list) and len(rng) == 2 and rng[0] <= rng[1]):
+            raise ConfigError(f"{path}: rows[{i}].exponent must be [low, high]")
+    if routing.get("route") not in (None, "local", "remote"):
+        raise ConfigError(f"{path}: routing.route must be 'local' or 'remote'")
+    return Expectations(path, cells, rows, routing)
+
+
+def _select(frame: pd.DataFrame, when: str, where: str) -> pd.DataFrame:
+    try:
+        return frame.query(when) if when.strip() else frame
+    except Exception as exc:  # pandas raises many types for a bad expression
+        raise ConfigError(f"{where}: cannot evaluate when = {when!r} ({exc})") from None
+
+
+def check_cells(exp: Expectations, cells: pd.DataFrame, records_file: str) -> list[str]:
+    """Every cell a rule selects must show the rule's regime."""
+    table = cells.sort_values(["path", "bs", "L", "m"]).copy()
+    table["m_prev"] = table.groupby(["path", "bs", "L"])["m"].shift(1)
+    table["median_prev"] = table.groupby(["path", "bs", "L"])["median_ms"].shift(1)
+    table["n_prev"] = table.groupby(["path", "bs", "L"])["n"].shift(1)
+    table = table.dropna(subset=["m_prev"])
+    failures = []
+    for i, rule in enumerate(exp.cells):
+        for r in _select(table, rule["when"], f"{exp.path.name} cells[{i}]").itertuples():
+            if r.regime != rule["regime"]:
+                failures.append(
+                    f"bs{r.bs}-L{r.L} m {int(r.m_prev)}->{r.m} [{r.path}]: expected {rule['regime']} "
+                    f"({rule['when']}), measured {r.regime} with elasticity {r.elasticity:.3f} "
+                    f"(medians {r.median_prev:.2f} -> {r.median_ms:.2f} ms over {int(r.n_prev)} and {r.n} valid "
+                    f"rounds; records: {records_file})")
+    return failures
+
+
+def check_rows(exp: Expectations, fits: pd.DataFrame, records_file: str) -> list[str]:
+    """Every row a rule selects must have its exponent's 95% CI inside the rule's range."""
+    failures = []
+    for i, rule in enumerate(exp.rows):
+        low, high = rule["exponent"]
+        for r in _select(fits, rule.get("when", ""), f"{exp.path.name} rows[{i}]").itertuples():
+            if not (low <= r.ci_low and r.ci_high <= high):
+                failures.append(
+                    f"bs{r.bs}-L{r.L} [{r.path}]: expected exponent in [{low}, {high}] ({rule.get('when', 'all')}), "
+                    f"measured {r.exponent:.3f} with 95% CI [{r.ci_low:.3f}, {r.ci_high:.3f}] over m "
+                    f"{r.m_min}..{r.m_max}, n={r.n} rounds (records: {records_file})")
+    return failures
+
+
+def check_routing(exp: Expectations, truth: pd.DataFrame, evaluation: dict[str, pd.DataFrame],
+                  records_file: str) -> list[str]:
+    failures = []
+    route = exp.routing.get("route")
+    if route:
+        for r in truth.itertuples():
+            if r.oracle != route:
+                failures.append(f"bs{r.bs}-L{r.L}-m{r.m}: expected {route} to be faster, measured local "
+                                f"{r.local_ms:.2f} ms vs remote {r.remote_ms:.2f} ms (records: {records_file})")
+    if exp.routing.get("router_regret_at_most_best_fixed"):
+        for split, table in evaluation.items():
+            router = table[table["policy"] == "append-router"].iloc[0]
+            fixed = table[table["policy"] != "append-router"]
+            best = fixed.sort_values("mean_regret_ms").iloc[0]
+            if router["mean_regret_ms"] > best["mean_regret_ms"] + 1e-9:
+                failures.append(f"{split}: append-router mean regret {router['mean_regret_ms']:.3f} ms > best fixed "
+                                f"rule {best['policy']} {best['mean_regret_ms']:.3f} ms over {int(best['points'])} points")
+    return failures
