@@ -110,6 +110,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def cmd_import_table(args: argparse.Namespace) -> int:
+    from pytest_ppd.importer import records_from_table, write_records
+
+    records = records_from_table(args.table, args.model, args.gpu)
+    write_records(records, Path(args.output))
+    below = sum(any(r.startswith("below physical floor") for r in rec.invalid_reasons) for rec in records)
+    over = sum(any(r.startswith("capacity") for r in rec.invalid_reasons) for rec in records)
+    print(f"{len(records)} rows -> {args.output}: {below} below the physical floor, {over} beyond the KV pool")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pytest_ppd.servers.topology import TOPOLOGIES
     from pytest_ppd.specs import known_gpus, known_links, known_models
@@ -140,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a deployment: health, model, streaming, cache proof")
     validate.add_argument("--url", required=True, help="router or engine base URL, e.g. http://127.0.0.1:30000")
     validate.set_defaults(func=cmd_validate)
+
+    imp = sub.add_parser("import-table", help="a published latency table (CSV: bs,L,m,latency_ms) as records")
+    imp.add_argument("table")
+    imp.add_argument("-o", "--output", required=True)
+    imp.add_argument("--model", default="Llama-3.1-8B")
+    imp.add_argument("--gpu", default="H100-SXM")
+    imp.set_defaults(func=cmd_import_table)
 
     reap_p = sub.add_parser("reap", help="stop servers a crashed run left behind")
     reap_p.add_argument("--token", default=None, help="only this run's token (default: every run)")

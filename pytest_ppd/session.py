@@ -224,10 +224,23 @@ class PpdSession:
         valid = [r["batch_latency_ms"] for r in records if r["valid"]]
         return PointOutcome(point, path, records, summarize(valid) if valid else None)
 
+    def _reprove(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Stored verdicts are not trusted: the floor is checked again against --ppd-model/--ppd-gpu."""
+        from pytest_ppd.importer import physical_reasons
+
+        latency = record.get("batch_span_ms") or record.get("batch_latency_ms")
+        if latency is None:
+            return record
+        fresh = physical_reasons(record["bs"], record["L"], record["m"], latency, self.config.model,
+                                 self.config.gpu, None)
+        reasons = list(record.get("invalid_reasons") or []) + [r for r in fresh if r not in
+                                                                (record.get("invalid_reasons") or [])]
+        return {**record, "invalid_reasons": reasons, "valid": bool(record.get("valid")) and not reasons}
+
     def _replayed(self, point: GridPoint, path: str) -> PointOutcome:
         assert self.config.replay is not None
         if not hasattr(self, "_replay_rounds"):
-            self._replay_rounds = RecordStore.read(self.config.replay).rounds
+            self._replay_rounds = [self._reprove(r) for r in RecordStore.read(self.config.replay).rounds]
         records = [r for r in self._replay_rounds if (r["bs"], r["L"], r["m"], r["path"]) ==
                    (point.bs, point.L, point.m, path)]
         valid = [r["batch_latency_ms"] for r in records if r["valid"]]
