@@ -81,6 +81,7 @@ class StoredRecords:
     rounds: list[dict[str, Any]]
     done: list[dict[str, Any]]
     torn_tail: bool = False
+    other: list[dict[str, Any]] = field(default_factory=list)  # e.g. interference measurements
 
 
 class RecordStore:
@@ -137,6 +138,10 @@ class RecordStore:
         self._write_line(json.dumps({"kind": "point_done", "bs": bs, "L": L, "m": m, "path": path,
                                      "n_rounds": n_rounds, "run_id": self.run_id}))
 
+    def append_json(self, kind: str, payload: dict[str, Any]) -> None:
+        """Any other measurement (interference, ...) as one line of its own kind."""
+        self._write_line(json.dumps({"kind": kind, "run_id": self.run_id, **payload}, allow_nan=False))
+
     def rounds_for(self, bs: int, L: int, m: int, path: str) -> list[dict[str, Any]]:
         return [r for r in self.existing.rounds
                 if (r["bs"], r["L"], r["m"], r["path"]) == (bs, L, m, path)]
@@ -169,8 +174,10 @@ class RecordStore:
                 out.header = obj
             elif kind == "point_done":
                 out.done.append(obj)
-            else:
+            elif kind == "round":
                 out.rounds.append(obj)
+            else:
+                out.other.append(obj)
         return out
 
 

@@ -95,9 +95,14 @@ class StreamClient:
                        extra: dict[str, Any] | None = None) -> RequestResult:
         return await self.send(build_body(input_ids, max_new_tokens, rid=rid, extra=extra))
 
-    async def send(self, content: bytes) -> RequestResult:
-        """Stream one pre-encoded /generate body (encode before the start barrier, not after)."""
-        result = RequestResult(sent_ns=time.perf_counter_ns())
+    async def send(self, content: bytes, result: RequestResult | None = None) -> RequestResult:
+        """Stream one pre-encoded /generate body (encode before the start barrier, not after).
+
+        Pass `result` to keep the stamps of a stream you may cancel."""
+        if result is None:
+            result = RequestResult(sent_ns=time.perf_counter_ns())
+        else:
+            result.sent_ns = time.perf_counter_ns()
         try:
             async with aconnect_sse(self._client, "POST", "/generate", content=content,
                                     headers={"Content-Type": "application/json"}) as source:
