@@ -28,3 +28,26 @@ def test_routing_boundary_and_router_regret(ppd_study, ppd_expectations, ppd_ses
     assert not ppd_study.truth.empty, "no point was measured on both paths"
     failures = check_routing(ppd_expectations, ppd_study.truth, ppd_study.policies, _records(ppd_session))
     assert not failures, "\n".join(failures)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pytest_ppd.analysis.routing import LOCAL, trained_router  # noqa: E402
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bs=st.integers(1, 64), L=st.integers(0, 32768), interference=st.floats(0, 5))
+def test_router_trained_on_this_run_keeps_its_properties(ppd_study, ppd_session, bs, L, interference):
+    """Trained on the measured medians: one decision change at most as m grows; breakdowns add up."""
+    if ppd_study.truth.empty:
+        return
+    router = trained_router(ppd_session.config.model, ppd_session.config.gpu, ppd_study.truth)
+    router.params = type(router.params)(**{**router.params.__dict__, "interference_weight": interference})
+    routes = []
+    for m in (1, 16, 128, 1024, 8192):
+        d = router.decide(bs, L, m, p_holds_context=True)
+        for cost in (d.local, d.remote):
+            assert abs(sum(cost.parts_s.values()) - cost.total_s) < 1e-12 and cost.total_s > 0
+        routes.append(d.route)
+    assert routes[0] == LOCAL and sum(a != b for a, b in zip(routes, routes[1:])) <= 1

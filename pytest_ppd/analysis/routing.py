@@ -138,6 +138,11 @@ class AppendRouter:
     params: RouterParams = field(default_factory=RouterParams)
     forget: float = 0.98
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "params":  # costs are cached per shape; new coefficients invalidate them
+            self.__dict__["_cost_cache"] = {}
+        super().__setattr__(name, value)
+
     def __post_init__(self) -> None:
         self.model = model_spec(self.model)
         self.gpu = gpu_spec(self.gpu)
@@ -181,6 +186,13 @@ class AppendRouter:
         return nbytes * p.link_s_per_byte + p.link_latency_s
 
     def costs(self, bs: int, L: int, m: int, p_holds_context: bool = False) -> tuple[RouteCost, RouteCost]:
+        key = (bs, L, m, p_holds_context)
+        cached = self._cost_cache.get(key)
+        if cached is None:
+            cached = self._cost_cache[key] = self._costs(bs, L, m, p_holds_context)
+        return cached
+
+    def _costs(self, bs: int, L: int, m: int, p_holds_context: bool) -> tuple[RouteCost, RouteCost]:
         self._check(bs, L, m)
         p = self.params
         w = self.work_s(bs, L, m)
