@@ -85,6 +85,20 @@ def parse_urls(text: str) -> dict[str, str]:
     return out
 
 
+def parse_sim_args(text: str) -> tuple[str, ...]:
+    """Extra flags for the sim engines; only --sim-* flags, so the SGLang command line stays exact."""
+    import shlex
+
+    try:
+        args = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ConfigError(f"--ppd-sim-args: {exc}; quote it like '--sim-fault=crash@5'") from None
+    bad = [a for a in args if a.startswith("-") and not a.startswith("--sim-")]
+    if bad:
+        raise ConfigError(f"--ppd-sim-args: '{bad[0]}' is not a --sim-* flag; only --sim-* flags go here")
+    return args
+
+
 def parse_results(text: str) -> Path:
     path = Path(text).expanduser()
     if ".." in path.parts:
@@ -129,6 +143,7 @@ class PpdConfig:
     max_new_tokens: int = 1
     api_key: str | None = None
     expectations: Path | None = None
+    sim_args: tuple[str, ...] = ()
 
     @property
     def config_hash(self) -> str:
@@ -188,6 +203,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         save_baseline=Path(get("save_baseline")) if get("save_baseline") else None,
         api_key=api_key_from_env(),
         expectations=Path(get("expectations")).expanduser() if get("expectations") else None,
+        sim_args=parse_sim_args(get("sim_args", "")),
     )
     too_long = [p for p in grid if p.L + p.m + cfg.max_new_tokens > model.context_length]
     if too_long and backend != "replay":

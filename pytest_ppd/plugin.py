@@ -45,6 +45,7 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("replay", "RECORDS", None, "records.jsonl the replay backend reads"),
     ("url", "URL", None, "external backend: URL (remote path) or local=URL,remote=URL"),
     ("expectations", "DIR", None, "expectations directory (default: expectations/ beside the suite module)"),
+    ("sim-args", "ARGS", None, "extra --sim-* flags for every sim engine, e.g. '--sim-fault=crash@5 --sim-slowdown=1.2'"),
 ]
 
 

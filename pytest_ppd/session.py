@@ -101,10 +101,15 @@ class PpdSession:
         c = self.config
         return Settings(suite=suite, backend=c.backend, model=c.model, gpu=c.gpu, min_reps=c.reps,
                         max_reps=c.max_reps, ci_target=c.ci, max_new_tokens=c.max_new_tokens,
-                        run_id=self.run_id)
+                        run_id=self.run_id, timeout_s=c.timeout_s)
 
     # -- topologies ----------------------------------------------------------
     def target(self, path: str) -> Target:
+        if self._topology is not None and self._topology.dead():
+            # A server died (crash, OOM): restart the topology so the next point can run.
+            dead = ", ".join(p.name for p in self._topology.dead())
+            self.notes.append(f"restarted the {path} topology after {dead} exited")
+            self.stop_topology()
         if path in self._targets:
             return self._targets[path]
         if self.config.backend == "external":
@@ -112,7 +117,7 @@ class PpdSession:
         self.stop_topology()  # one topology at a time on a shared GPU
         c = self.config
         topo_cfg = TopologyConfig(backend=c.backend, kind=TOPOLOGY_OF_PATH[path], model=c.model_arg,
-                                  gpu=c.gpu.name, api_key=c.api_key)
+                                  gpu=c.gpu.name, api_key=c.api_key, sim_flags=c.sim_args)
         topo = plan(topo_cfg, self.results_dir / "servers" / path)
         self._topology = start(topo)
         engines = topo.prefill + topo.decode if path == "remote" else [topo.entry_url]

@@ -54,6 +54,7 @@ class Settings:
     seed: int = 0
     n_gpus: int = 1  # GPUs one engine spans (tensor parallel): the floor divides by it
     run_id: str = ""
+    timeout_s: float = 600.0  # per request: no stalled server can hang a run
 
 
 @dataclass
@@ -161,7 +162,7 @@ async def measure_point_async(target: Target, point: GridPoint, settings: Settin
     records: list[dict[str, Any]] = list(previous)
     wl = Workload(point, settings.model.vocab_size, settings.seed, target.path, slot=slot,
                   rounds_cap=settings.max_reps)
-    async with StreamClient(target.url, api_key=target.api_key) as client:
+    async with StreamClient(target.url, api_key=target.api_key, timeout_s=settings.timeout_s) as client:
         if flush:
             await _flush(client, target.flush_urls)
         await _warm(client, wl, point)  # a no-op prefill of 1 token when the context is cached

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim-profile", default=None, help="cost profile JSON (default: built-in)")
     sim.add_argument("--sim-slowdown", type=float, default=1.0,
                      help="multiply every step time by this factor >= 1 (default: 1.0)")
+    sim.add_argument("--sim-fault", action="append", default=[], metavar="KIND@N[+][:ARG]",
+                     help="inject a fault (see pytest_ppd/sim/faults.py); repeatable")
     sim.add_argument("--sim-kv-timeout", type=float, default=300.0,
                      help="decode side: seconds to wait for a room's KV (default: 300)")
     return p
@@ -76,6 +78,7 @@ class SimConfig:
     page_size: int
     context_length: int
     pool_tokens: int
+    faults: tuple = ()
 
 
 def default_mem_fraction_static(gpu: GpuSpec, tp_size: int) -> float:
@@ -132,10 +135,13 @@ def resolve(argv: list[str] | None = None) -> SimConfig:
         raise ConfigError(
             f"{model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV pool on "
             f"{gpu.name} at --mem-fraction-static {frac}; raise it, raise --tp-size, or pick a larger --sim-gpu")
+    from pytest_ppd.sim.faults import parse_fault
+
+    faults = tuple(parse_fault(f) for f in args.sim_fault)
     context = args.context_length or model.context_length
     return SimConfig(
         args=args, model=model, gpu=gpu, link=link, mem_fraction_static=frac,
         chunked_prefill_size=args.chunked_prefill_size or default_chunked_prefill_size(gpu),
         max_running_requests=args.max_running_requests or min(4096, max(pool // 2, 1)),
-        page_size=page, context_length=context, pool_tokens=pool,
+        page_size=page, context_length=context, pool_tokens=pool, faults=faults,
     )

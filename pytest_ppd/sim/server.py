@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pytest_ppd.sim.args import SimConfig
 from pytest_ppd.sim.clock import WallClockRunner
 from pytest_ppd.sim.costmodel import CostModel, CostProfile
 from pytest_ppd.sim.engine import Engine, Event, SimRequest
+from pytest_ppd.sim.faults import Fault, FaultPlan
 
 log = logging.getLogger("pytest_ppd.sim")
 OPEN_PATHS = {"/health", "/health_generate", "/metrics"}
@@ -177,6 +179,13 @@ class SimServer:
         problem = contract_error(body)
         if problem is not None:
             return web.json_response({"error": problem}, status=400)
+        self.served += 1
+        faults = FaultPlan(self.cfg.faults).active(self.served)
+        if "crash" in faults:
+            log.error("injected fault: crash at request %d", self.served)
+            os._exit(1)
+        if "http500" in faults:
+            return web.json_response(error_body("injected fault: internal server error", 500), status=500)
         resp: web.StreamResponse | None = None
         if body.get("stream") is True:  # headers go out at once, as with SGLang's StreamingResponse
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -188,7 +197,10 @@ class SimServer:
                 raise ApiError("Decode mode needs bootstrap_host/port/room: send requests through the P/D router.")
         except ApiError as exc:
             return await self._error(request, resp, exc.message, exc.status)
-        self.served += 1
+        if resp is not None and "stall" in faults:
+            await asyncio.sleep(faults["stall"].arg)
+        if resp is not None and "sse-error" in faults:
+            return await self._error(request, resp, "injected fault: the scheduler aborted the request", 500)
         req = SimRequest(gen.rid or uuid.uuid4().hex, gen.input_ids, gen.max_new_tokens, arrival_s=created)
         state = _State(req, created)
         if gen.max_new_tokens == 0:
@@ -199,14 +211,14 @@ class SimServer:
             if self.profile.request_overhead_s:
                 await asyncio.sleep(self.profile.request_overhead_s)
             if self.args.disaggregation_mode == "decode":
-                failure = await self._receive_kv(gen, req)
+                failure = await self._receive_kv(gen, req, faults)
                 if failure:
                     return await self._error(request, resp, failure, 500)
             state.wait_queue_entry_s = time.perf_counter()
             self.engine.add(req)
             self.runner.notify()
             if resp is not None:
-                return await self._stream(resp, gen, state)
+                return await self._stream(request, resp, gen, state, faults)
             while not (await state.queue.get()).finished:
                 pass
             return web.json_response(self._chunk(gen, state, True))
@@ -266,10 +278,18 @@ class SimServer:
             out = {"text": "", **out}
         return out
 
-    async def _stream(self, resp: web.StreamResponse, gen: GenerateRequest, state: _State) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, resp: web.StreamResponse, gen: GenerateRequest, state: _State,
+                      faults: dict[str, Fault]) -> web.StreamResponse:
         while True:
             event = await state.queue.get()
+            if "malformed" in faults:
+                await resp.write(b"data: {\"output_ids\": [1, 2\n\n")
+                faults = {}
+                continue
             await resp.write(b"data: " + json.dumps(self._chunk(gen, state, event.finished)).encode() + b"\n\n")
+            if "truncate" in faults and request.transport is not None:
+                request.transport.close()  # the connection dies mid-stream: no [DONE]
+                return resp
             if event.finished:
                 break
         await resp.write(b"data: [DONE]\n\n")
@@ -319,9 +339,11 @@ class SimServer:
         app.router.add_get("/sim/kv/{room}", self.bootstrap_kv)
         return app
 
-    async def _receive_kv(self, gen: GenerateRequest, req: SimRequest) -> str | None:
+    async def _receive_kv(self, gen: GenerateRequest, req: SimRequest, faults: dict[str, Fault]) -> str | None:
         """Decode side: wait for the room's prefill, then spend the link's transfer time."""
         assert self.http is not None
+        if "kv-fail" in faults:
+            return "KV transfer failed: injected fault (the room's KV never arrived)"
         host = gen.bootstrap_host or "127.0.0.1"
         port = gen.bootstrap_port or 8998
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/sim/kv/{gen.bootstrap_room}"
@@ -335,7 +357,8 @@ class SimServer:
         nbytes = req.prompt_len * self.cfg.model.kv_bytes_per_token
         now = time.perf_counter()
         start = max(now, self.link_free_s)
-        self.link_free_s = start + self.cfg.link.transfer_s(nbytes)
+        slow = faults["slow-kv"].arg if "slow-kv" in faults else 1.0
+        self.link_free_s = start + self.cfg.link.transfer_s(nbytes) * slow
         await asyncio.sleep(self.link_free_s - now)
         req.preset_first_token = int(info["first_token"])
         req.preset_cached_tokens = int(info["cached_tokens"])
