@@ -145,12 +145,17 @@ def ppd_measure(request: pytest.FixtureRequest, ppd_session: PpdSession) -> Call
     suite = Path(str(request.node.path)).stem.removeprefix("test_")
 
     def measure(point: GridPoint, path: str) -> PointOutcome:
+        problem = None
         try:
             outcome = ppd_session.measure(point, path, suite)
         except Infeasible as exc:
-            pytest.skip(f"infeasible: {exc}")
+            problem = ("skip", f"infeasible: {exc}")
         except PpdError as exc:
-            pytest.fail(f"{point.id}-{path}: {exc}", pytrace=False)
+            problem = ("fail", f"{point.id}-{path}: {exc}")
+        if problem is not None:  # outside the except block: no chained traceback in the report
+            if problem[0] == "skip":
+                pytest.skip(problem[1])
+            pytest.fail(problem[1], pytrace=False)
         summary = outcome.summary
         request.node.user_properties.append(("ppd", {
             "point": point.id, "path": path, "n_valid": len(outcome.valid), "n_invalid": len(outcome.invalid),

@@ -78,6 +78,7 @@ class PpdSession:
     _measured: dict[tuple[GridPoint, str], PointOutcome] = field(default_factory=dict)
     _last_row: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     _study: Any = None
+    _suspect: bool = False  # the last point failed: check the servers before the next one
     _study_n: int = 0
 
     @property
@@ -104,12 +105,30 @@ class PpdSession:
                         run_id=self.run_id, timeout_s=c.timeout_s)
 
     # -- topologies ----------------------------------------------------------
+    def _healthy(self) -> bool:
+        """After a failed point: are the servers still alive and answering?"""
+        assert self._topology is not None
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        for proc in self._topology.processes:
+            if not proc.alive or proc.health_url is None:
+                continue
+            try:
+                if httpx.get(proc.health_url, headers=headers, trust_env=False, timeout=5).status_code == 200:
+                    continue
+            except httpx.HTTPError:
+                pass
+            return False
+        return not self._topology.dead()
+
     def target(self, path: str) -> Target:
-        if self._topology is not None and self._topology.dead():
-            # A server died (crash, OOM): restart the topology so the next point can run.
-            dead = ", ".join(p.name for p in self._topology.dead())
-            self.notes.append(f"restarted the {path} topology after {dead} exited")
+        topo = self._topology
+        if topo is not None and (topo.dead() or (self._suspect and not self._healthy())):
+            # A server died or stopped answering (crash, OOM, hang): restart so the next point can run.
+            dead = ", ".join(p.name for p in topo.dead())
+            why = f"{dead} exited" if dead else "a server stopped answering"
+            self.notes.append(f"restarted the {path} topology after {why}")
             self.stop_topology()
+        self._suspect = False
         if path in self._targets:
             return self._targets[path]
         if self.config.backend == "external":
@@ -218,8 +237,15 @@ class PpdSession:
             row = [p for p in self.config.grid if (p.bs, p.L) == (point.bs, point.L)]
             in_grid = point in row
             keep = in_grid and self._last_row.get(path) == (point.bs, point.L)
-            outcome = measure_point(target, point, self.settings(suite), self.store, flush=not keep,
-                                    slot=row.index(point) if in_grid else 0)
+            try:
+                outcome = measure_point(target, point, self.settings(suite), self.store, flush=not keep,
+                                        slot=row.index(point) if in_grid else 0)
+            except BaseException:
+                self._suspect = True
+                self._last_row[path] = None
+                raise
+            if not outcome.valid:
+                self._suspect = True
             self._last_row[path] = (point.bs, point.L) if in_grid else None
         self.outcomes.append(outcome)
         return outcome

@@ -91,7 +91,7 @@ def test_server_crash_mid_grid_restarts_the_topology_and_continues(pytester):
                           cwd=pytester.path, env=_env(token), capture_output=True, text=True, timeout=180)
     assert "1 failed, 2 passed" in proc.stdout, proc.stdout[-3000:]
     assert "warm-up of bs1-L256-m32 failed" in proc.stdout
-    assert "restarted the local topology after colocated exited" in proc.stdout
+    assert "restarted the local topology after" in proc.stdout
     LEFT["server crash mid-grid"] = len(_wait_gone(token))
     assert LEFT["server crash mid-grid"] == 0
 
@@ -177,3 +177,78 @@ def test_print_fault_matrix_figures():
     """Prints the processes-left figures of the cases above (run last in this module)."""
     print("\nfault matrix, processes left per case:", LEFT)
     assert all(v == 0 for v in LEFT.values()), LEFT
+
+
+def _listening_sockets(pids):
+    """(pid, local address) of every listening TCP socket the given processes hold (from /proc)."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:
+                continue
+            addr = cols[1].split(":")[0]
+            if v6:
+                host = "::1" if addr == "00000000000000000000000001000000" else addr
+            else:
+                host = ".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0))
+            found.append((inodes[cols[9]], host))
+    return found
+
+
+def test_sentinel_api_key_never_written_and_only_loopback_listens(pytester):
+    """With PPD_API_KEY set: servers and router require it, it appears 0 times in anything the run writes,
+    and every socket the run's processes listen on is on loopback."""
+    sentinel = "ppd-sentinel-" + uuid.uuid4().hex
+    pytester.makepyfile(test_grid=SUITE + """
+import os
+from pytest_ppd.servers.process import tagged_processes
+def test_zz_scan(ppd_session):
+    ppd_session.target("remote")
+    from tests_scan import scan
+    scan()
+""")
+    pytester.makepyfile(tests_scan=f"""
+import json, os
+from pathlib import Path
+from pytest_ppd.servers.process import tagged_processes
+import test_faults_helpers
+def scan():
+    pids = [p for p, _, _ in tagged_processes(os.environ["PPD_RUN_TOKEN"])]
+    Path("sockets.json").write_text(json.dumps(test_faults_helpers.listening(pids)))
+""")
+    pytester.makepyfile(test_faults_helpers="import sys\nsys.path.insert(0, %r)\nfrom test_faults import _listening_sockets as listening\n"
+                        % str(Path(__file__).parent))
+    token = f"ppd-test-{uuid.uuid4().hex[:8]}"
+    env = {**_env(token), "PPD_API_KEY": sentinel}
+    res = pytester.path / "res"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-grid=bs=1;L=256;m=16",
+                           f"--ppd-results={res}", f"--junitxml={pytester.path / 'junit.xml'}", "-p", "no:cacheprovider",
+                           "-rA", "-v"], cwd=pytester.path, env=env, capture_output=True, text=True, timeout=180)
+    assert "3 passed" in proc.stdout, proc.stdout[-3000:]
+    written = [p for p in pytester.path.rglob("*") if p.is_file() and p.suffix != ".py"]
+    assert any(p.name == "records.jsonl" for p in written) and any(p.suffix == ".log" for p in written)
+    hits = [str(p) for p in written if sentinel.encode() in p.read_bytes()]
+    hits += ["stdout"] if sentinel in proc.stdout + proc.stderr else []
+    assert hits == [], f"API key leaked into {hits}"
+    logs = [p for p in written if p.suffix == ".log"]
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in logs)
+    import json
+
+    sockets = json.loads((pytester.path / "sockets.json").read_text())
+    assert len(sockets) >= 4  # router, its metrics port, prefill (+ bootstrap), decode
+    assert {host for _, host in sockets} <= {"127.0.0.1", "::1"}, sockets
+    assert _wait_gone(token) == []

@@ -95,7 +95,10 @@ class ServerProcess:
         fd = _guard_read_fd()
         # Servers talk to each other on loopback: no proxy from the environment may intercept it.
         inherited = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
-        env = {**inherited, **self.env, TOKEN_ENV: _RUN_TOKEN, ROLE_ENV: self.name, "PYTHONUNBUFFERED": "1"}
+        # SPT_NOENV: setproctitle (the router renames itself "sglang::router") must not clobber environ,
+        # where PPD_RUN_TOKEN lets `ppd reap` find it.
+        env = {**inherited, **self.env, TOKEN_ENV: _RUN_TOKEN, ROLE_ENV: self.name, "PYTHONUNBUFFERED": "1",
+               "SPT_NOENV": "1"}
         guard = [sys.executable, "-m", "pytest_ppd.servers.guard", "--fd", str(fd), "--", *self.argv]
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         log_fd = os.open(self.log_path, flags, 0o600)
