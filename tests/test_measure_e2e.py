@@ -200,3 +200,18 @@ def test_a_changed_expectation_fails_with_expected_vs_measured(pytester):
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*bs1-L1024 m 16->32 [[]local[]]: expected compute (bs * m <= 64), measured overhead "
                                  "with elasticity * ms over * valid rounds; records: *records.jsonl)*"])
+
+
+def test_contexts_survive_kv_pressure_between_rounds(tmp_path):
+    """Near a full pool, old appends could push contexts out (LRU; seen on the full grid's REMOTE path at
+    BS=32, L=4096, m=8192): contexts are re-warmed before each round and every round stays proven."""
+    from pytest_ppd.client.runner import _under_pressure
+
+    point = GridPoint(8, 4096, 2048)  # 49k tokens in a 60k pool; two rounds' appends would not fit
+    assert _under_pressure(point, 60000) and not _under_pressure(point, 600000)
+    settings = Settings("t", "sim", MODEL, GPU, min_reps=4, max_reps=4)
+    cfg = TopologyConfig(kind="colocated", max_total_tokens=60000, engine_args=("--chunked-prefill-size", "2048"))
+    with start_topology(cfg, tmp_path / "s") as topo:
+        target = Target("local", topo.colocated, (topo.colocated,), pool_tokens=60000)
+        out = measure_point(target, point, settings, RecordStore(tmp_path / "a", run_id="t", config_hash="h"))
+    assert len(out.valid) == 4

@@ -144,6 +144,17 @@ def _record(results: list[RequestResult], point: GridPoint, round_: int, target:
     )
 
 
+def _under_pressure(point: GridPoint, pool_tokens: int | None) -> bool:
+    """Would the previous round's cached appends push contexts out of the pool?
+
+    A radix cache evicts least-recently-used leaves; once a conversation's old
+    append is evicted its context becomes a leaf older than the other old
+    appends, and goes next. Re-warming the contexts before each round makes
+    them the most recently used, so the old appends go first.
+    """
+    return pool_tokens is not None and point.bs * (point.L + 2 * point.m) > 0.8 * pool_tokens
+
+
 def _enough(valid_ms: list[float], total: int, settings: Settings) -> bool:
     if total >= settings.max_reps:
         return True
@@ -167,7 +178,10 @@ async def measure_point_async(target: Target, point: GridPoint, settings: Settin
             await _flush(client, target.flush_urls)
         await _warm(client, wl, point)  # a no-op prefill of 1 token when the context is cached
         round_ = max((r["round"] for r in previous), default=-1) + 1
+        pressure = _under_pressure(point, target.pool_tokens)
         while not _enough([r["batch_latency_ms"] for r in records if r["valid"]], len(records), settings):
+            if pressure and round_ > 0:
+                await _warm(client, wl, point)  # see _under_pressure
             started = time.time()
             results = await _round(client, wl, point, round_, settings.max_new_tokens)
             record = _record(results, point, round_, target, settings, started)
