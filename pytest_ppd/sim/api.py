@@ -182,7 +182,8 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def parse_generate(body: Any, *, vocab_size: int, context_length: int, pool_tokens: int) -> GenerateRequest:
+def parse_generate(body: Any, *, vocab_size: int, context_length: int, pool_tokens: int,
+                   encode: Any = None) -> GenerateRequest:
     """Validate a contract-checked /generate body as SGLang 0.5.23's tokenizer manager does (ApiError)."""
     sp = body.get("sampling_params") or {}
     if isinstance(sp, list):
@@ -193,8 +194,15 @@ def parse_generate(body: Any, *, vocab_size: int, context_length: int, pool_toke
     if ids is None and body.get("text") is None:
         raise ApiError("Either text, input_ids or input_embeds should be provided.")
     if ids is None:
-        raise ApiError("text input needs a tokenizer; this simulated engine runs with "
-                       "--skip-tokenizer-init semantics: send input_ids")
+        if encode is None:
+            raise ApiError("text input needs a tokenizer, and this engine runs with --skip-tokenizer-init: "
+                           "send input_ids")
+        text = body["text"]
+        if isinstance(text, list):
+            if len(text) != 1:
+                raise ApiError("The simulated engine serves single requests; send one text")
+            text = text[0]
+        ids = encode(text)
     if ids and isinstance(ids[0], list):
         if len(ids) != 1:
             raise ApiError("The simulated engine serves single requests; send one input_ids list")

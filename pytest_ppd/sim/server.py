@@ -28,6 +28,7 @@ from pytest_ppd.sim.clock import WallClockRunner
 from pytest_ppd.sim.costmodel import CostModel, CostProfile
 from pytest_ppd.sim.engine import Engine, Event, SimRequest
 from pytest_ppd.sim.faults import Fault, FaultPlan
+from pytest_ppd.sim.tokenizer import SimTokenizer
 
 log = logging.getLogger("pytest_ppd.sim")
 OPEN_PATHS = {"/health", "/health_generate", "/metrics"}
@@ -58,6 +59,8 @@ class SimServer:
             disable_radix_cache=self.args.disable_radix_cache,
         )
         self.runner = WallClockRunner(self.engine, self._deliver)
+        self.tokenizer = None if self.args.skip_tokenizer_init else SimTokenizer(
+            self.args.tokenizer_path or self.args.model_path, cfg.model.vocab_size)
         self.states: dict[int, _State] = {}
         self.rooms: dict[int, tuple[float, asyncio.Future]] = {}
         self.link_free_s = 0.0
@@ -192,7 +195,8 @@ class SimServer:
             await resp.prepare(request)
         try:
             gen = parse_generate(body, vocab_size=self.cfg.model.vocab_size,
-                                 context_length=self.cfg.context_length, pool_tokens=self.cfg.pool_tokens)
+                                 context_length=self.cfg.context_length, pool_tokens=self.cfg.pool_tokens,
+                                 encode=self.tokenizer.encode if self.tokenizer else None)
             if self.args.disaggregation_mode == "decode" and gen.bootstrap_room is None:
                 raise ApiError("Decode mode needs bootstrap_host/port/room: send requests through the P/D router.")
         except ApiError as exc:
@@ -274,8 +278,8 @@ class SimServer:
     def _chunk(self, gen: GenerateRequest, state: _State, final: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"output_ids": list(state.req.output_ids),
                                "meta_info": self._meta(gen, state, final)}
-        if not self.args.skip_tokenizer_init:
-            out = {"text": "", **out}
+        if self.tokenizer is not None:
+            out = {"text": self.tokenizer.decode(state.req.output_ids), **out}
         return out
 
     async def _stream(self, request: web.Request, resp: web.StreamResponse, gen: GenerateRequest, state: _State,
