@@ -100,6 +100,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     ppd = session.config.stash.get(SESSION_KEY, None)
     if ppd is not None:
         ppd.close()
+        saved = ppd.save_baseline()
+        if saved is not None:
+            ppd.note(f"baseline written: {saved}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -121,7 +124,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _order(item: pytest.Item) -> int:
     """-1 plain tests, 0 LOCAL, 1 REMOTE, 2 analysis (needs every measurement first)."""
-    if "ppd_study" in getattr(item, "fixturenames", ()):
+    if {"ppd_study", "ppd_baseline"} & set(getattr(item, "fixturenames", ())):
         return len(PATHS)
     callspec = getattr(item, "callspec", None)
     path = callspec.params.get("ppd_path") if callspec is not None else None
@@ -161,6 +164,7 @@ def ppd_measure(request: pytest.FixtureRequest, ppd_session: PpdSession) -> Call
             "point": point.id, "path": path, "n_valid": len(outcome.valid), "n_invalid": len(outcome.invalid),
             "median_ms": summary.median if summary else None,
         }))
+        _gate_against_baseline(request, ppd_session, point, path, outcome)
         need = ppd_session.config.reps
         if len(outcome.valid) < need:
             reasons = sorted({r for rec in outcome.records for r in rec["invalid_reasons"]})
@@ -186,6 +190,57 @@ def ppd_expectations(request: pytest.FixtureRequest, ppd_session: PpdSession) ->
         return ppd_session.expectations(Path(directory))
     except ConfigError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+def _tolerance_override(request: pytest.FixtureRequest, ppd_session: PpdSession, key: str) -> float | None:
+    """[baseline] tolerance and [baseline.points] "<point id>" = tol in the expectations file, if any."""
+    import tomllib
+
+    from pytest_ppd.expectations import expectations_file
+
+    directory = ppd_session.config.expectations or Path(str(request.node.path)).parent / "expectations"
+    c = ppd_session.config
+    path = expectations_file(c.backend, c.gpu.name, c.model.name, Path(directory))
+    try:
+        section = tomllib.loads(path.read_text()).get("baseline", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return section.get("points", {}).get(key, section.get("tolerance"))
+
+
+def _gate_against_baseline(request: pytest.FixtureRequest, ppd_session: PpdSession, point: GridPoint, path: str,
+                           outcome: PointOutcome) -> None:
+    from pytest_ppd.baseline import compare_point, point_key
+
+    try:
+        base = ppd_session.baseline()
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        if base is None:
+            return
+        key = point_key(point.bs, point.L, point.m, path)
+        samples = [r["batch_latency_ms"] for r in outcome.valid]
+        finding = compare_point(base, key, samples, _tolerance_override(request, ppd_session, key))
+        if finding is None or finding.kind == "unchanged":
+            return
+        if finding.kind == "improvement":
+            ppd_session.note(finding.text)
+            return
+        message = finding.text
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def ppd_baseline(ppd_session: PpdSession) -> dict:
+    """The --ppd-baseline data (the test is skipped when the run has none)."""
+    try:
+        base = ppd_session.baseline()
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if base is None:
+        pytest.skip("no --ppd-baseline given")
+    return base
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -79,6 +79,7 @@ class PpdSession:
     _last_row: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     _study: Any = None
     _suspect: bool = False  # the last point failed: check the servers before the next one
+    _baseline: dict[str, Any] | None = None
     _study_n: int = 0
 
     @property
@@ -204,6 +205,37 @@ class PpdSession:
             backends = {r.get("backend") for r in self.records()}
             backend = backends.pop() if len(backends) == 1 else "replay"
         return load(expectations_file(backend, self.config.gpu.name, self.config.model.name, directory))
+
+    # -- baselines ---------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.config.backend, "gpu": self.config.gpu.name, "model": self.config.model.name,
+                "versions": self.versions()}
+
+    def baseline(self) -> dict[str, Any] | None:
+        """The --ppd-baseline file, loaded and checked against this run once."""
+        from pytest_ppd import baseline as bl
+
+        if self.config.baseline is None:
+            return None
+        if self._baseline is None:
+            data = bl.load(self.config.baseline)
+            bl.check_identity(data, self.identity())
+            self._baseline = data
+        return self._baseline
+
+    def save_baseline(self) -> Path | None:
+        """Write --ppd-save-baseline from what this run measured (no new measurements)."""
+        from pytest_ppd import baseline as bl
+        from pytest_ppd.analysis.study import analyze
+
+        target = self.config.save_baseline
+        if target is None or not self.outcomes:
+            return None
+        grid = set(self.config.grid)
+        outcomes = [o for o in self.outcomes if o.point in grid]
+        study = analyze([r for o in outcomes for r in o.records], self.config.model, self.config.gpu)
+        bl.save(target, bl.build(study, outcomes, self.identity()))
+        return target
 
     def note(self, line: str) -> None:
         """A line for the end-of-run summary (suites report derived results this way)."""

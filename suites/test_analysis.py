@@ -51,3 +51,11 @@ def test_router_trained_on_this_run_keeps_its_properties(ppd_study, ppd_session,
             assert abs(sum(cost.parts_s.values()) - cost.total_s) < 1e-12 and cost.total_s > 0
         routes.append(d.route)
     assert routes[0] == LOCAL and sum(a != b for a, b in zip(routes, routes[1:])) <= 1
+
+
+def test_no_regime_route_or_exponent_regression(ppd_study, ppd_baseline):
+    """Against --ppd-baseline: no flipped regime or route, no exponent whose CI left the baseline's."""
+    from pytest_ppd.baseline import compare_study
+
+    regressions = [f.text for f in compare_study(ppd_baseline, ppd_study) if f.kind == "regression"]
+    assert not regressions, "\n".join(regressions)

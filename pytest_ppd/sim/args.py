@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim-profile", default=None, help="cost profile JSON (default: built-in)")
     sim.add_argument("--sim-slowdown", type=float, default=1.0,
                      help="multiply every step time by this factor >= 1 (default: 1.0)")
+    sim.add_argument("--sim-slow-prompt", action="append", default=[], metavar="LEN:FACTOR",
+                     help="stretch the server time to first token of requests with a prompt of LEN tokens by "
+                          "FACTOR (what-if and regression-gate studies); repeatable")
     sim.add_argument("--sim-fault", action="append", default=[], metavar="KIND@N[+][:ARG]",
                      help="inject a fault (see pytest_ppd/sim/faults.py); repeatable")
     sim.add_argument("--sim-kv-timeout", type=float, default=300.0,
@@ -79,6 +82,7 @@ class SimConfig:
     context_length: int
     pool_tokens: int
     faults: tuple = ()
+    slow_prompts: tuple = ()
 
 
 def default_mem_fraction_static(gpu: GpuSpec, tp_size: int) -> float:
@@ -138,10 +142,19 @@ def resolve(argv: list[str] | None = None) -> SimConfig:
     from pytest_ppd.sim.faults import parse_fault
 
     faults = tuple(parse_fault(f) for f in args.sim_fault)
+    slow = []
+    for spec in args.sim_slow_prompt:
+        try:
+            length, factor = spec.split(":")
+            slow.append((int(length), float(factor)))
+        except ValueError:
+            raise ConfigError(f"--sim-slow-prompt '{spec}': use LEN:FACTOR, e.g. 1536:1.2") from None
+        if slow[-1][1] < 1.0:
+            raise ConfigError(f"--sim-slow-prompt '{spec}': FACTOR must be >= 1 (a floor never drops)")
     context = args.context_length or model.context_length
     return SimConfig(
         args=args, model=model, gpu=gpu, link=link, mem_fraction_static=frac,
         chunked_prefill_size=args.chunked_prefill_size or default_chunked_prefill_size(gpu),
         max_running_requests=args.max_running_requests or min(4096, max(pool // 2, 1)),
-        page_size=page, context_length=context, pool_tokens=pool, faults=faults,
+        page_size=page, context_length=context, pool_tokens=pool, faults=faults, slow_prompts=tuple(slow),
     )

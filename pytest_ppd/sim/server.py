@@ -40,6 +40,7 @@ class _State:
     created_s: float
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     wait_queue_entry_s: float = 0.0
+    stretched: bool = False
 
 
 class SimServer:
@@ -58,6 +59,7 @@ class SimServer:
             max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
             disable_radix_cache=self.args.disable_radix_cache,
         )
+        self.slow_prompts = dict(cfg.slow_prompts)  # prompt length -> latency factor (--sim-slow-prompt)
         self.runner = WallClockRunner(self.engine, self._deliver)
         self.tokenizer = None if self.args.skip_tokenizer_init else SimTokenizer(
             self.args.tokenizer_path or self.args.model_path, cfg.model.vocab_size)
@@ -225,6 +227,7 @@ class SimServer:
                 return await self._stream(request, resp, gen, state, faults)
             while not (await state.queue.get()).finished:
                 pass
+            await self._stretch(state)
             return web.json_response(self._chunk(gen, state, True))
         finally:
             self.states.pop(id(req), None)
@@ -282,10 +285,18 @@ class SimServer:
             out = {"text": self.tokenizer.decode(state.req.output_ids), **out}
         return out
 
+    async def _stretch(self, state: _State) -> None:
+        """--sim-slow-prompt: this request's server time so far, times FACTOR (a slower engine, end to end)."""
+        factor = self.slow_prompts.get(state.req.prompt_len, 1.0)
+        if factor > 1.0 and not state.stretched:
+            state.stretched = True
+            await asyncio.sleep((factor - 1.0) * (time.perf_counter() - state.created_s))
+
     async def _stream(self, request: web.Request, resp: web.StreamResponse, gen: GenerateRequest, state: _State,
                       faults: dict[str, Fault]) -> web.StreamResponse:
         while True:
             event = await state.queue.get()
+            await self._stretch(state)
             if "malformed" in faults:
                 await resp.write(b"data: {\"output_ids\": [1, 2\n\n")
                 faults = {}

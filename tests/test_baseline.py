@@ -1,0 +1,86 @@
+"""The regression gate: a slowed point fails with the evidence; noise fails nothing; flips are caught."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_ppd import baseline as bl
+from pytest_ppd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = "--ppd-grid=bs=1,4;L=1024;m=32,512"
+
+
+def _base(samples, tol=0.1):
+    return {"schema": 1, "kind": "pytest-ppd-baseline", "backend": "sim", "gpu": "H100-SXM",
+            "model": "Llama-3.1-8B", "tolerance": tol, "points": {"p": {
+                "n": len(samples), "median_ms": sorted(samples)[len(samples) // 2], "ci_low_ms": min(samples),
+                "ci_high_ms": max(samples), "samples_ms": samples}}}
+
+
+def test_a_20_percent_slowdown_regresses_and_noise_does_not():
+    base = _base([100.0, 101.0, 99.0, 100.5, 99.5])
+    assert bl.compare_point(base, "p", [120.0, 121.0, 119.0, 120.5, 119.5]).kind == "regression"
+    assert bl.compare_point(base, "p", [101.0, 99.0, 102.0, 100.0, 98.5]).kind == "unchanged"
+    assert bl.compare_point(base, "p", [80.0, 81.0, 79.5, 80.5, 79.0]).kind == "improvement"
+    assert bl.compare_point(base, "missing", [1.0]) is None
+
+
+def test_a_slowdown_within_tolerance_or_lost_in_noise_is_not_a_regression():
+    base = _base([100.0, 130.0, 80.0])
+    assert bl.compare_point(base, "p", [112.0, 140.0, 95.0]).kind == "unchanged"  # noisy: not significant
+    quiet = _base([100.0, 100.5, 99.5])
+    assert bl.compare_point(quiet, "p", [108.0, 108.5, 107.5]).kind == "unchanged"  # within 10%
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{not json", "is not a baseline file"),
+    ('{"kind": "something-else"}', "is not a pytest-ppd baseline"),
+    ('{"kind": "pytest-ppd-baseline", "schema": 99, "backend": "sim", "gpu": "g", "model": "m", "points": {}}',
+     "newer than this pytest-ppd reads"),
+])
+def test_broken_or_newer_baselines_are_one_clear_error(tmp_path, content, needle):
+    path = tmp_path / "b.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=needle):
+        bl.load(path)
+
+
+def test_a_baseline_from_another_gpu_is_refused():
+    with pytest.raises(ConfigError, match="gpu='H200'"):
+        bl.check_identity(_base([1.0]) | {"gpu": "H200"}, {"backend": "sim", "gpu": "H100-SXM", "model": "Llama-3.1-8B"})
+
+
+@pytest.mark.slow
+def test_gate_end_to_end_on_the_sim(pytester):
+    """Saved baseline; two unmodified runs fail nothing; the sim slowed 20% at prompt length 1536
+    (the m=512 points) fails exactly those points with the explanation; a flipped route is caught."""
+    pytester.makepyfile(test_append_grid=(ROOT / "suites" / "test_append_grid.py").read_text(),
+                        test_analysis=(ROOT / "suites" / "test_analysis.py").read_text())
+    shutil.copytree(ROOT / "suites" / "expectations", pytester.path / "expectations")
+    base = pytester.path / "baseline.json"
+    common = [GRID, "--ppd-reps=8", "--ppd-max-reps=12", "-p", "no:cacheprovider"]
+    first = pytester.runpytest_subprocess(*common, f"--ppd-results={pytester.path / 'r0'}",
+                                          f"--ppd-save-baseline={base}")
+    first.assert_outcomes(passed=12, skipped=1)
+    saved = json.loads(base.read_text())
+    assert len(saved["points"]) == 8 and saved["routes"] and saved["rows"]
+    for i in (1, 2):
+        noise = pytester.runpytest_subprocess(*common, f"--ppd-results={pytester.path / f'r{i}'}",
+                                              f"--ppd-baseline={base}")
+        noise.assert_outcomes(passed=13)
+    slowed = pytester.runpytest_subprocess(*common, f"--ppd-results={pytester.path / 'r3'}", f"--ppd-baseline={base}",
+                                           "--ppd-sim-args=--sim-slow-prompt=1536:1.2", "-k", "test_append")
+    slowed.assert_outcomes(passed=4, failed=4)
+    failed = {line.split("[")[1].split("]")[0] for line in slowed.stdout.lines if line.startswith("FAILED")}
+    assert failed == {"bs1-L1024-m512-local", "bs4-L1024-m512-local", "bs1-L1024-m512-remote", "bs4-L1024-m512-remote"}
+    slowed.stdout.fnmatch_lines(["*bs1-L1024-m512-local regressed: median * ms (+*%; baseline 95% CI *); tolerance 10%;"
+                                 " p=* < 0.0063 (0.05 Bonferroni-corrected over 8 points)*"])
+    saved["routes"]["bs4-L1024-m512"] = "remote"
+    base.write_text(json.dumps(saved))
+    flipped = pytester.runpytest_subprocess(*common, f"--ppd-results={pytester.path / 'r4'}", f"--ppd-baseline={base}",
+                                            "-k", "regression")
+    flipped.assert_outcomes(failed=1)
+    flipped.stdout.fnmatch_lines(["*route of bs4-L1024-m512 flipped: remote -> local*"])
