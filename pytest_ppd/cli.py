@@ -121,6 +121,57 @@ def cmd_import_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_dir(text: str) -> Path:
+    from pytest_ppd.records import RECORDS_FILE
+
+    directory = Path(text)
+    if not (directory / RECORDS_FILE).is_file():
+        raise ConfigError(f"{directory} holds no {RECORDS_FILE}; give a --ppd-results directory of a run")
+    return directory
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pytest_ppd.report.files import build_report
+
+    for path in build_report(_results_dir(args.dir)):
+        print(path)
+    return 0
+
+
+def compare_dir(directory: Path, baseline_path: Path) -> tuple[list[str], list[str]]:
+    """(regressions, other findings) of a results directory against a baseline."""
+    from pytest_ppd import baseline as bl
+    from pytest_ppd.analysis.study import analyze
+    from pytest_ppd.records import RECORDS_FILE, RecordStore
+
+    rounds = RecordStore.read(directory / RECORDS_FILE).rounds
+    if not rounds:
+        raise ConfigError(f"{directory} has no measured rounds to compare")
+    base = bl.load(baseline_path)
+    first = rounds[0]
+    bl.check_identity(base, {"backend": first["backend"], "gpu": first["gpu"], "model": first["model"]})
+    samples: dict[str, list[float]] = {}
+    for r in rounds:
+        if r["valid"]:
+            samples.setdefault(bl.point_key(r["bs"], r["L"], r["m"], r["path"]), []).append(r["batch_latency_ms"])
+    findings = [f for key, xs in sorted(samples.items()) if (f := bl.compare_point(base, key, xs)) is not None]
+    findings += bl.compare_study(base, analyze(rounds, first["model"], first["gpu"]))
+    regressions = [f.text for f in findings if f.kind == "regression"]
+    others = [f.text for f in findings if f.kind != "regression"]
+    return regressions, others
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    regressions, others = compare_dir(_results_dir(args.dir), Path(args.baseline))
+    for line in others:
+        print(line)
+    for line in regressions:
+        print(f"REGRESSION {line}")
+    print(f"{len(regressions)} regression(s), {sum(o.split(':')[0].endswith('improved') for o in others)} "
+          f"improvement(s), {len(regressions) + len(others)} comparisons")
+    return 1 if regressions else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pytest_ppd.servers.topology import TOPOLOGIES
     from pytest_ppd.specs import known_gpus, known_links, known_models
@@ -151,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a deployment: health, model, streaming, cache proof")
     validate.add_argument("--url", required=True, help="router or engine base URL, e.g. http://127.0.0.1:30000")
     validate.set_defaults(func=cmd_validate)
+
+    rep = sub.add_parser("report", help="rebuild results.json, summary.csv, report.md and plots from records.jsonl")
+    rep.add_argument("dir")
+    rep.set_defaults(func=cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="compare a results directory to a baseline; exit 1 on regression")
+    cmp_.add_argument("dir")
+    cmp_.add_argument("baseline")
+    cmp_.set_defaults(func=cmd_compare)
 
     imp = sub.add_parser("import-table", help="a published latency table (CSV: bs,L,m,latency_ms) as records")
     imp.add_argument("table")

@@ -103,6 +103,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         saved = ppd.save_baseline()
         if saved is not None:
             ppd.note(f"baseline written: {saved}")
+        if ppd.outcomes and ppd.config.backend != "replay" and ppd._store is not None:
+            from pytest_ppd.report.files import build_report
+
+            try:
+                build_report(ppd.results_dir, ppd.config.model, ppd.config.gpu)
+                ppd.note(f"report: {ppd.results_dir / 'report.md'} (+ results.json, summary.csv, *.png)")
+            except Exception as exc:  # a report failure must not hide the measurements
+                ppd.note(f"report could not be built ({type(exc).__name__}: {exc}); run `ppd report "
+                         f"{ppd.results_dir}` to retry")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -284,8 +284,10 @@ def fixed_policies(local_ms: Callable[[int, int, int], float]) -> dict[str, Poli
 
 def truth_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Per point with both paths measured: local_ms, remote_ms (medians) and the oracle route."""
-    wide = cells.pivot_table(index=["bs", "L", "m"], columns="path", values="median_ms").dropna()
-    wide = wide.rename(columns={LOCAL: "local_ms", REMOTE: "remote_ms"}).reset_index()
+    wide = cells.pivot_table(index=["bs", "L", "m"], columns="path", values="median_ms")
+    if LOCAL not in wide.columns or REMOTE not in wide.columns:  # only one path measured
+        return pd.DataFrame(columns=["bs", "L", "m", "local_ms", "remote_ms", "oracle"])
+    wide = wide.dropna().rename(columns={LOCAL: "local_ms", REMOTE: "remote_ms"}).reset_index()
     if wide.empty:
         return wide.assign(oracle=[])
     wide["oracle"] = [LOCAL if a <= b else REMOTE for a, b in zip(wide["local_ms"], wide["remote_ms"])]
