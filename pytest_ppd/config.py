@@ -144,6 +144,7 @@ class PpdConfig:
     api_key: str | None = None
     expectations: Path | None = None
     sim_args: tuple[str, ...] = ()
+    benchmark_json: Path | None = None
 
     @property
     def config_hash(self) -> str:
@@ -204,6 +205,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         api_key=api_key_from_env(),
         expectations=Path(get("expectations")).expanduser() if get("expectations") else None,
         sim_args=parse_sim_args(get("sim_args", "")),
+        benchmark_json=Path(get("benchmark_json")).expanduser() if get("benchmark_json") else None,
     )
     too_long = [p for p in grid if p.L + p.m + cfg.max_new_tokens > model.context_length]
     if too_long and backend != "replay":

@@ -45,6 +45,7 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("replay", "RECORDS", None, "records.jsonl the replay backend reads"),
     ("url", "URL", None, "external backend: URL (remote path) or local=URL,remote=URL"),
     ("expectations", "DIR", None, "expectations directory (default: expectations/ beside the suite module)"),
+    ("benchmark-json", "FILE", None, "also write the measured points in pytest-benchmark's JSON format"),
     ("sim-args", "ARGS", None, "extra --sim-* flags for every sim engine, e.g. '--sim-fault=crash@5 --sim-slowdown=1.2'"),
 ]
 
@@ -103,6 +104,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         saved = ppd.save_baseline()
         if saved is not None:
             ppd.note(f"baseline written: {saved}")
+        if ppd.outcomes and ppd.config.benchmark_json is not None:
+            from pytest_ppd.report.benchmark_json import write_benchmark_json
+
+            written = write_benchmark_json(ppd.config.benchmark_json, ppd.outcomes, {"backend": ppd.config.backend})
+            ppd.note(f"pytest-benchmark JSON: {written}")
         if ppd.outcomes and ppd.config.backend != "replay" and ppd._store is not None:
             from pytest_ppd.report.files import build_report
 
@@ -140,9 +146,13 @@ def _order(item: pytest.Item) -> int:
     return PATHS.index(path) if path in PATHS else -1
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # All LOCAL tests, then all REMOTE ones: each topology starts once, never two at a time.
     items.sort(key=_order)
+    measuring = any("ppd_measure" in getattr(item, "fixturenames", ()) for item in items)
+    if measuring and config.getoption("benchmark_only", default=False):
+        raise pytest.UsageError("--benchmark-only would skip every pytest-ppd measurement; drop it (pytest-ppd "
+                                "measures with its own protocol) or export with --ppd-benchmark-json FILE")
 
 
 @pytest.fixture(scope="session")
