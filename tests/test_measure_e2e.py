@@ -190,14 +190,14 @@ def test_a_changed_expectation_fails_with_expected_vs_measured(pytester):
     (exp / "sim-H100-SXM-Llama-3.1-8B.toml").write_text(original)
     args = ["--ppd-grid=bs=1,8;L=1024;m=16,32,2048", f"--ppd-results={pytester.path / 'r1'}", "--ppd-max-reps=4"]
     result = pytester.runpytest_subprocess(*args)
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=4, skipped=1)  # the baseline gate skips without --ppd-baseline
     result.stdout.fnmatch_lines(["*regime map [[]local[]]*", "*scaling exponents*", "*routing policies on grid*"])
     changed = original.replace('when = "bs * m <= 64"\nregime = "overhead"', 'when = "bs * m <= 64"\nregime = "compute"')
     assert changed != original
     (exp / "sim-H100-SXM-Llama-3.1-8B.toml").write_text(changed)
     args[1] = f"--ppd-results={pytester.path / 'r2'}"
     result = pytester.runpytest_subprocess(*args)
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*bs1-L1024 m 16->32 [[]local[]]: expected compute (bs * m <= 64), measured overhead "
                                  "with elasticity * ms over * valid rounds; records: *records.jsonl)*"])
 
