@@ -30,6 +30,7 @@ import numpy as np
 from scipy import stats
 
 from pytest_ppd.analysis.regime import COMPUTE_FROM, OVERHEAD_BELOW
+from pytest_ppd.analysis.routing import clearly_faster
 from pytest_ppd.errors import ConfigError
 
 SCHEMA = 1
@@ -155,8 +156,10 @@ def _one_sided_p(greater: np.ndarray, than: np.ndarray) -> float:
     return float(result.pvalue) if np.isfinite(result.pvalue) else 1.0
 
 
-def compare_study(baseline: dict[str, Any], study: Any) -> list[Finding]:
-    """Flipped regimes and routes, and exponents whose CI no longer overlaps the baseline's."""
+def compare_study(baseline: dict[str, Any], study: Any, exponent_tolerance: float | None = None) -> list[Finding]:
+    """Flipped regimes, routes now faster beyond noise the other way, and exponents whose CI no
+    longer overlaps the baseline's (by more than the exponent tolerance)."""
+    exp_tol = EXPONENT_TOLERANCE if exponent_tolerance is None else exponent_tolerance
     out = []
     rows = baseline.get("rows", {})
     for r in study.cells.itertuples():
@@ -169,16 +172,20 @@ def compare_study(baseline: dict[str, Any], study: Any) -> list[Finding]:
     for r in study.fits.itertuples():
         old = rows.get(f"{r.path}/bs{r.bs}/L{r.L}")
         apart = old and "ci_low" in old and (r.ci_high < old["ci_low"] or r.ci_low > old["ci_high"])
-        if apart and abs(r.exponent - old["exponent"]) > EXPONENT_TOLERANCE:
+        if apart and abs(r.exponent - old["exponent"]) > exp_tol:
             out.append(Finding(f"{r.path}/bs{r.bs}/L{r.L}", "regression",
                                f"exponent of bs{r.bs}-L{r.L} [{r.path}] moved: {old['exponent']:.3f} "
                                f"[{old['ci_low']:.3f}, {old['ci_high']:.3f}] -> {r.exponent:.3f} "
-                               f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (95% CIs no longer overlap; moved > {EXPONENT_TOLERANCE})"))
+                               f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (95% CIs no longer overlap; moved > {exp_tol})"))
     routes = baseline.get("routes", {})
     if not study.truth.empty:
         for r in study.truth.itertuples():
             key = f"bs{r.bs}-L{r.L}-m{r.m}"
-            if key in routes and routes[key] != r.oracle:
-                out.append(Finding(key, "regression", f"route of {key} flipped: {routes[key]} -> {r.oracle} "
-                                                      f"(local {r.local_ms:.2f} ms, remote {r.remote_ms:.2f} ms)"))
+            if key not in routes or routes[key] == r.oracle:
+                continue
+            clear, evidence = clearly_faster(getattr(study, "rounds", None), r.bs, r.L, r.m, r.oracle)
+            text = (f"route of {key} flipped: {routes[key]} -> {r.oracle} "
+                    f"(local {r.local_ms:.2f} ms, remote {r.remote_ms:.2f} ms{evidence})")
+            out.append(Finding(key, "regression", text) if clear else
+                       Finding(key, "unchanged", f"{text}; a tie within noise, not a regression"))
     return out

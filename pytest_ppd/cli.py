@@ -20,6 +20,7 @@ from pytest_ppd.config import api_key_from_env
 from pytest_ppd.errors import ConfigError, PpdError, ServerLaunchError
 
 EXIT_USAGE = 2
+DEFAULT_EXPECTATIONS = Path("suites") / "expectations"
 
 
 def _port(text: str) -> int:
@@ -138,10 +139,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_dir(directory: Path, baseline_path: Path) -> tuple[list[str], list[str]]:
-    """(regressions, other findings) of a results directory against a baseline."""
+def compare_dir(directory: Path, baseline_path: Path,
+                expectations: Path | None = None) -> tuple[list[str], list[str]]:
+    """(regressions, other findings) of a results directory against a baseline.
+
+    Tolerances come from the [baseline] section of the expectations file for the baseline's backend, GPU
+    and model in ``expectations`` (a directory), when there is one.
+    """
     from pytest_ppd import baseline as bl
     from pytest_ppd.analysis.study import analyze
+    from pytest_ppd.expectations import GateSettings, expectations_file, load
     from pytest_ppd.records import RECORDS_FILE, RecordStore
 
     rounds = RecordStore.read(directory / RECORDS_FILE).rounds
@@ -150,19 +157,31 @@ def compare_dir(directory: Path, baseline_path: Path) -> tuple[list[str], list[s
     base = bl.load(baseline_path)
     first = rounds[0]
     bl.check_identity(base, {"backend": first["backend"], "gpu": first["gpu"], "model": first["model"]})
+    gate = GateSettings()
+    if expectations is not None:
+        if not expectations.is_dir():
+            raise ConfigError(f"--expectations {expectations}: not a directory; give the one holding the "
+                              "<backend>-<gpu>-<model>.toml files, e.g. suites/expectations")
+        file = expectations_file(first["backend"], first["gpu"], first["model"], expectations)
+        gate = load(file).gate if file.exists() else gate
     samples: dict[str, list[float]] = {}
     for r in rounds:
         if r["valid"]:
             samples.setdefault(bl.point_key(r["bs"], r["L"], r["m"], r["path"]), []).append(r["batch_latency_ms"])
-    findings = [f for key, xs in sorted(samples.items()) if (f := bl.compare_point(base, key, xs)) is not None]
-    findings += bl.compare_study(base, analyze(rounds, first["model"], first["gpu"]))
+    findings = [f for key, xs in sorted(samples.items())
+                if (f := bl.compare_point(base, key, xs, gate.tolerance_for(key))) is not None]
+    findings += bl.compare_study(base, analyze(rounds, first["model"], first["gpu"]), gate.exponent_tolerance)
     regressions = [f.text for f in findings if f.kind == "regression"]
     others = [f.text for f in findings if f.kind != "regression"]
     return regressions, others
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    regressions, others = compare_dir(_results_dir(args.dir), Path(args.baseline))
+    expectations = args.expectations
+    if expectations is None and DEFAULT_EXPECTATIONS.is_dir():
+        expectations = str(DEFAULT_EXPECTATIONS)
+    regressions, others = compare_dir(_results_dir(args.dir), Path(args.baseline),
+                                      Path(expectations) if expectations else None)
     for line in others:
         print(line)
     for line in regressions:
@@ -210,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="compare a results directory to a baseline; exit 1 on regression")
     cmp_.add_argument("dir")
     cmp_.add_argument("baseline")
+    cmp_.add_argument("--expectations", metavar="DIR", default=None,
+                      help="tolerances from its [baseline] sections (default: ./suites/expectations if present)")
     cmp_.set_defaults(func=cmd_compare)
 
     imp = sub.add_parser("import-table", help="a published latency table (CSV: bs,L,m,latency_ms) as records")

@@ -24,6 +24,7 @@ from pytest_ppd.session import Infeasible, PpdSession
 
 if TYPE_CHECKING:
     from pytest_ppd.analysis.study import Study
+    from pytest_ppd.expectations import GateSettings
     from pytest_ppd.expectations import Expectations
 
 SESSION_KEY = pytest.StashKey[PpdSession]()
@@ -211,36 +212,34 @@ def ppd_expectations(request: pytest.FixtureRequest, ppd_session: PpdSession) ->
         pytest.fail(str(exc), pytrace=False)
 
 
-def _tolerance_override(request: pytest.FixtureRequest, ppd_session: PpdSession, key: str) -> float | None:
-    """[baseline] tolerance and [baseline.points] "<point id>" = tol in the expectations file, if any."""
-    import tomllib
-
-    from pytest_ppd.expectations import expectations_file
+def _gate_settings(request: pytest.FixtureRequest, ppd_session: PpdSession) -> "GateSettings":
+    """The expectations file's [baseline] section; the defaults when this backend/GPU/model has no file."""
+    from pytest_ppd.expectations import GateSettings
 
     directory = ppd_session.config.expectations or Path(str(request.node.path)).parent / "expectations"
-    c = ppd_session.config
-    path = expectations_file(c.backend, c.gpu.name, c.model.name, Path(directory))
     try:
-        section = tomllib.loads(path.read_text()).get("baseline", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    return section.get("points", {}).get(key, section.get("tolerance"))
+        return ppd_session.expectations(Path(directory)).gate
+    except ConfigError as exc:
+        if str(exc).startswith("no expectations file"):
+            return GateSettings()
+        raise
 
 
 def _gate_against_baseline(request: pytest.FixtureRequest, ppd_session: PpdSession, point: GridPoint, path: str,
                            outcome: PointOutcome) -> None:
     from pytest_ppd.baseline import compare_point, point_key
 
+    key = point_key(point.bs, point.L, point.m, path)
     try:
         base = ppd_session.baseline()
+        tolerance = _gate_settings(request, ppd_session).tolerance_for(key) if base is not None else None
     except ConfigError as exc:
         message = str(exc)
     else:
         if base is None:
             return
-        key = point_key(point.bs, point.L, point.m, path)
         samples = [r["batch_latency_ms"] for r in outcome.valid]
-        finding = compare_point(base, key, samples, _tolerance_override(request, ppd_session, key))
+        finding = compare_point(base, key, samples, tolerance)
         if finding is None or finding.kind == "unchanged":
             return
         if finding.kind == "improvement":
@@ -260,6 +259,15 @@ def ppd_baseline(ppd_session: PpdSession) -> dict:
     if base is None:
         pytest.skip("no --ppd-baseline given")
     return base
+
+
+@pytest.fixture
+def ppd_gate(request: pytest.FixtureRequest, ppd_session: PpdSession) -> "GateSettings":
+    """The regression gate's tolerances: the expectations file's [baseline] section (defaults if none)."""
+    try:
+        return _gate_settings(request, ppd_session)
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

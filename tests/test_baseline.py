@@ -1,8 +1,10 @@
 """The regression gate: a slowed point fails with the evidence; noise fails nothing; flips are caught."""
 
 import json
+import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,6 +53,45 @@ def test_broken_or_newer_baselines_are_one_clear_error(tmp_path, content, needle
 def test_a_baseline_from_another_gpu_is_refused():
     with pytest.raises(ConfigError, match="gpu='H200'"):
         bl.check_identity(_base([1.0]) | {"gpu": "H200"}, {"backend": "sim", "gpu": "H100-SXM", "model": "Llama-3.1-8B"})
+
+
+def test_gate_tolerances_come_from_the_expectations_file(tmp_path):
+    from pytest_ppd.expectations import load
+
+    path = tmp_path / "sim-H100-SXM-Llama-3.1-8B.toml"
+    path.write_text('[baseline]\ntolerance = 0.25\nexponent_tolerance = 0.2\npoints = { "p" = 0.05 }\n')
+    gate = load(path).gate
+    assert (gate.tolerance_for("p"), gate.tolerance_for("q"), gate.exponent_tolerance) == (0.05, 0.25, 0.2)
+    quiet = _base([100.0, 100.5, 99.5])
+    assert bl.compare_point(quiet, "p", [108.0, 108.5, 107.5], gate.tolerance_for("p")).kind == "regression"
+
+
+@pytest.mark.parametrize("section,needle", [
+    ("tolerance = -0.1", "baseline.tolerance must be a number in [0, 10)"),
+    ('tolerance = "10%"', "baseline.tolerance must be a number"),
+    ("exponent_tolerance = true", "baseline.exponent_tolerance must be a number"),
+    ("tolerence = 0.1", "unknown [baseline] key(s) ['tolerence']"),
+    ('points = { "p" = 99 }', "baseline.points.p must be a number"),
+])
+def test_bad_gate_settings_are_one_clear_error(tmp_path, section, needle):
+    from pytest_ppd.expectations import load
+
+    path = tmp_path / "e.toml"
+    path.write_text(f"[baseline]\n{section}\n")
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load(path)
+
+
+def test_an_exponent_move_counts_only_beyond_its_tolerance():
+    import pandas as pd
+
+    base = _base([1.0]) | {"rows": {"local/bs8/L4096": {"exponent": 0.46, "ci_low": 0.40, "ci_high": 0.50}}}
+    study = SimpleNamespace(cells=pd.DataFrame(columns=["path", "bs", "L", "m", "regime", "elasticity"]),
+                            fits=pd.DataFrame([{"path": "local", "bs": 8, "L": 4096, "exponent": 0.60,
+                                                "ci_low": 0.58, "ci_high": 0.62}]),
+                            truth=pd.DataFrame())
+    assert [f.kind for f in bl.compare_study(base, study)] == ["regression"]
+    assert bl.compare_study(base, study, exponent_tolerance=0.2) == []
 
 
 @pytest.mark.slow

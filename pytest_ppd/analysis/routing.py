@@ -29,9 +29,14 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from pytest_ppd.analysis.roofline import append_work
 from pytest_ppd.specs import GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec, model_spec
+
+# A measured route counts as faster than the other (against an expectation or a baseline) only at
+# this significance: compute-bound appends whose KV transfer overlaps the prefill tie within 1%.
+ROUTE_ALPHA = 0.01
 
 LOCAL, REMOTE = "local", "remote"
 
@@ -280,6 +285,21 @@ def fixed_policies(local_ms: Callable[[int, int, int], float]) -> dict[str, Poli
         # seed 001: transfers are cheap but wasteful; go remote only for very large appends.
         "seed001-m>2048": lambda bs, L, m: REMOTE if m > 2048 else LOCAL,
     }
+
+
+def clearly_faster(rounds: pd.DataFrame | None, bs: int, L: int, m: int, route: str) -> tuple[bool, str]:
+    """Is `route` faster at (bs, L, m) beyond noise? A one-sided Welch test on log latencies at
+    p < ROUTE_ALPHA, and the evidence as text. Without two rounds per path there is no noise to
+    judge, so the medians decide (True)."""
+    if rounds is None or rounds.empty:
+        return True, ""
+    at = rounds[(rounds["bs"] == bs) & (rounds["L"] == L) & (rounds["m"] == m)]
+    fast = np.log(at.loc[at["path"] == route, "batch_latency_ms"].to_numpy(float))
+    slow = np.log(at.loc[at["path"] != route, "batch_latency_ms"].to_numpy(float))
+    if fast.size < 2 or slow.size < 2:
+        return True, ""
+    p = float(stats.ttest_ind(slow, fast, equal_var=False, alternative="greater").pvalue)
+    return (not np.isfinite(p)) or p < ROUTE_ALPHA, f", p={p:.2g} over {fast.size}+{slow.size} rounds"
 
 
 def truth_table(cells: pd.DataFrame) -> pd.DataFrame:
