@@ -21,12 +21,25 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+PANELS_PER_ROW = 3
+
+
 def latency_vs_m(points: pd.DataFrame, path: Path) -> Path:
-    """Median latency vs m on log-log axes, one panel per L, one line per BS and path; floor dashed."""
-    Ls = sorted(points["L"].unique())
-    fig, axes = plt.subplots(1, len(Ls), figsize=(5 * len(Ls), 4.2), squeeze=False)
+    """Median latency vs m on log-log axes, one panel per L, one line per BS and path; floor dotted.
+
+    Only the L values measured at two or more m get a panel (one point shows no scaling), unless none is.
+    """
+    measured = points[points["median_ms"].notna()]
+    spans = measured.groupby("L")["m"].nunique()
+    Ls = sorted(spans[spans >= 2].index) or sorted(points["L"].unique())
+    cols = min(len(Ls), PANELS_PER_ROW)
+    rows = -(-len(Ls) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.4 * rows), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(Ls):]:
+        ax.set_visible(False)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(points["bs"].nunique(), 1)))
-    for ax, L in zip(axes[0], Ls):
+    for ax, L in zip(axes, Ls):
         sub = points[(points["L"] == L) & points["median_ms"].notna()]
         for color, bs in zip(colors, sorted(points["bs"].unique())):
             for path_name, style in (("local", "-o"), ("remote", "--s")):
@@ -40,7 +53,9 @@ def latency_vs_m(points: pd.DataFrame, path: Path) -> Path:
         ax.set(xscale="log", yscale="log", xlabel="append length m (tokens)", ylabel="batch latency (ms)",
                title=f"L = {L}  (dotted: physical floor)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7, ncol=2)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a short span would crowd them
+    fullest = max(axes[:len(Ls)], key=lambda a: len(a.get_legend_handles_labels()[1]))
+    fullest.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
@@ -61,7 +76,8 @@ def regime_heatmap(cells: pd.DataFrame, path: Path) -> Path:
 
 
 def routing_map(truth: pd.DataFrame, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    n_rows = len({(b, l_) for b, l_ in zip(truth["bs"], truth["L"])}) if not truth.empty else 1
+    fig, ax = plt.subplots(figsize=(8, max(4.5, 0.45 * n_rows + 1.5)))
     if not truth.empty:
         ratio = truth["remote_ms"] / truth["local_ms"]
         ys = [f"BS={b} L={l_}" for b, l_ in zip(truth["bs"], truth["L"])]
@@ -70,10 +86,12 @@ def routing_map(truth: pd.DataFrame, path: Path) -> Path:
         sc = ax.scatter(truth["m"], y, c=np.log2(ratio), cmap="coolwarm_r", vmin=-1, vmax=1, s=90,
                         edgecolors="k")
         for xm, yi, r in zip(truth["m"], y, ratio):
-            ax.annotate(f"{r:.2f}", (xm, yi), fontsize=6, ha="center", va="center")
+            ax.annotate(f"{r:.2f}", (xm, yi), xytext=(0, 8), textcoords="offset points", fontsize=7,
+                        ha="center", va="bottom")
         ax.set_yticks(range(len(labels)), labels)
+        ax.set_ylim(-0.6, len(labels) - 0.2)
         fig.colorbar(sc, label="log2(remote / local): > 0 local faster")
-    ax.set(xscale="log", xlabel="m", title="routing map: REMOTE / LOCAL latency per point")
+    ax.set(xscale="log", xlabel="m", title="routing map: REMOTE / LOCAL median latency per point")
     return _save(fig, path)
 
 
