@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -119,6 +120,38 @@ def cmd_import_table(args: argparse.Namespace) -> int:
     below = sum(any(r.startswith("below physical floor") for r in rec.invalid_reasons) for rec in records)
     over = sum(any(r.startswith("capacity") for r in rec.invalid_reasons) for rec in records)
     print(f"{len(records)} rows -> {args.output}: {below} below the physical floor, {over} beyond the KV pool")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pytest_ppd.baseline import write_atomic
+    from pytest_ppd.records import RecordStore
+    from pytest_ppd.sim.calibrate import FITTED, calibrate
+
+    rounds = []
+    for name in args.records:
+        path = Path(name)
+        if path.is_dir():
+            path = path / "records.jsonl"
+        if not path.is_file():
+            raise ConfigError(f"{name}: no such records file (give records.jsonl or the results directory holding it)")
+        rounds += RecordStore.read(path).rounds
+    profile, fit = calibrate(rounds)
+    out = Path(args.output)
+    if out.is_dir():
+        raise ConfigError(f"-o {out} is a directory; name the profile file, e.g. {out / 'profile.json'}")
+    payload = {"coefficients": dataclasses.asdict(profile), "fit": fit.as_dict(), "records": list(args.records)}
+    try:
+        write_atomic(out, json.dumps(payload, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write -o {out}: {exc.strerror}") from None
+    for row in fit.points:
+        print(f"bs{row['bs']}-L{row['L']}-m{row['m']:<6} measured {row['measured_ms']:9.2f} ms  "
+              f"predicted {row['predicted_ms']:9.2f} ms  ({row['error']:+.1%}, n={row['n']})")
+    coeffs = ", ".join(f"{k}={getattr(profile, k):.4g}" for k in FITTED)
+    print(f"{len(fit.points)} points of {fit.model} on {fit.gpu}: median |error| {fit.median_abs_error:.1%}, "
+          f"max {fit.max_abs_error:.1%}; {coeffs}")
+    print(f"profile -> {out}  (use it: --ppd-sim-args=\"--sim-profile={out}\" or ppd serve --sim-flag=--sim-profile={out})")
     return 0
 
 
@@ -239,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--model", default="Llama-3.1-8B")
     imp.add_argument("--gpu", default="H100-SXM")
     imp.set_defaults(func=cmd_import_table)
+
+    cal = sub.add_parser("calibrate", help="fit the sim's cost profile to measured LOCAL rounds")
+    cal.add_argument("records", nargs="+", help="records.jsonl files (or results directories)")
+    cal.add_argument("-o", "--output", required=True, help="profile JSON to write")
+    cal.set_defaults(func=cmd_calibrate)
 
     reap_p = sub.add_parser("reap", help="stop servers a crashed run left behind")
     reap_p.add_argument("--token", default=None, help="only this run's token (default: every run)")

@@ -4,6 +4,7 @@ Per operator class, each bounded by compute or by HBM traffic::
 
     T = c0 + max(F_linear / (eta_gemm P), B_weights / (eta_w W))
            + max(F_attn / (eta_attn P), B_kv / (eta_kv W))
+           + sum over requests admitted in this step of (request_cpu + token_cpu x prompt tokens)
 
 P and W are the GPU's peak FLOP/s and HBM bytes/s; the efficiencies are capped
 at what the hardware can reach, so a step is never faster than its floor. The
@@ -32,7 +33,11 @@ class CostProfile:
     name: str = "default"
     c0_prefill_s: float = 0.003  # launch + scheduler overhead of an extend batch
     c0_decode_s: float = 0.001  # a CUDA-graph decode step
-    request_overhead_s: float = 0.002  # tokenizer-manager / detokenizer IPC per request
+    request_overhead_s: float = 0.002  # tokenizer-manager / detokenizer IPC per request (concurrent)
+    # CPU work the scheduler does one request after another when it admits them (building the batch,
+    # the prompt's ids and cache lookups): zero in the built-in profile, fitted by `ppd calibrate`.
+    request_cpu_s: float = 0.0
+    token_cpu_s: float = 0.0
     eta_gemm: float = 0.70
     eta_w: float = 0.85
     eta_attn: float = 0.55
@@ -44,7 +49,7 @@ class CostProfile:
             value = getattr(self, key)
             if not 0 < value <= cap:
                 raise ConfigError(f"cost profile {self.name!r}: {key}={value} must be in (0, {cap}]")
-        for key in ("c0_prefill_s", "c0_decode_s", "request_overhead_s"):
+        for key in ("c0_prefill_s", "c0_decode_s", "request_overhead_s", "request_cpu_s", "token_cpu_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"cost profile {self.name!r}: {key} must be >= 0")
         if self.slowdown < 1.0:
@@ -75,6 +80,7 @@ class Extend:
     new: int
     prefix: int
     logits: bool = True  # whether this chunk ends the prompt (one lm_head row)
+    admitted_prompt: int = 0  # the whole prompt's length when the request is admitted in this step
 
 
 class CostModel:
@@ -103,7 +109,9 @@ class CostModel:
         f_attn = sum(attention_flops(self.model, c.new, c.prefix) for c in chunks)
         b_kv = sum(c.prefix + c.new for c in chunks) * self.model.kv_bytes_per_token
         logits = sum(1 for c in chunks if c.logits)
-        return self._time(self.profile.c0_prefill_s, tokens, logits, f_attn, b_kv)
+        p = self.profile
+        cpu = sum(p.request_cpu_s + p.token_cpu_s * c.admitted_prompt for c in chunks if c.admitted_prompt)
+        return self._time(p.c0_prefill_s + cpu, tokens, logits, f_attn, b_kv)
 
     def decode_time(self, contexts: Iterable[int]) -> float:
         """Step time of one decode batch; contexts are each sequence's current length."""

@@ -169,7 +169,8 @@ class Engine:
             self.running.append(req)
             n = min(req.prompt_len - req.computed, budget)
             items.append((req, n))
-            chunks.append(Extend(n, req.computed, logits=req.computed + n == req.prompt_len))
+            chunks.append(Extend(n, req.computed, logits=req.computed + n == req.prompt_len,
+                                 admitted_prompt=req.prompt_len))
             req.owned += n  # allocated now, so the next admission sees it
             budget -= n
         if not items:

@@ -1,0 +1,179 @@
+"""Fit the sim's cost profile to measured LOCAL rounds, so the sim reproduces that hardware.
+
+    profile, fit = calibrate(rounds)       # rounds: records.jsonl dicts (RecordStore.read(...).rounds)
+    profile.save("h100.json")              # then: --ppd-sim-args="--sim-profile=h100.json"
+
+A LOCAL append round is BS requests, each with L cached and m new tokens, sent
+together to one engine: its batch latency is the per-request overhead plus the
+extend steps that prefill all of them. Which tokens go into which step depends
+only on token counts, the chunk size and the pool, never on time, so each point's
+steps are scheduled once by the engine itself and the fit only re-times them
+(least squares on log latency, efficiencies capped at what hardware reaches, so a
+calibrated sim still never beats the roofline floor).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import optimize
+
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.sim.args import default_chunked_prefill_size, default_mem_fraction_static, pool_tokens_for
+from pytest_ppd.sim.clock import VirtualRunner
+from pytest_ppd.sim.costmodel import EFFICIENCY_CAPS, CostModel, CostProfile, Extend
+from pytest_ppd.sim.engine import Engine, SimRequest
+from pytest_ppd.specs import GpuSpec, ModelSpec, gpu_spec, model_spec
+
+# The fitted coefficients, with their bounds (seconds, or efficiency up to the hardware cap).
+# Appends identify prefill's costs only; the decode-side ones (c0_decode_s, eta_kv, which reading long
+# contexts one token at a time is bound by) keep their starting values rather than soak up misfit.
+FITTED = ("c0_prefill_s", "request_overhead_s", "request_cpu_s", "token_cpu_s", "eta_gemm", "eta_w", "eta_attn")
+BOUNDS = {"c0_prefill_s": (0.0, 0.5), "request_overhead_s": (0.0, 1.0), "request_cpu_s": (0.0, 0.1),
+          "token_cpu_s": (0.0, 1e-4), **{k: (0.01, cap) for k, cap in EFFICIENCY_CAPS.items()}}
+
+
+class _Recorder(CostModel):
+    """A cost model that remembers every extend batch it is asked to time."""
+
+    def __init__(self, model: ModelSpec, gpu: GpuSpec, tp_size: int) -> None:
+        super().__init__(model, gpu, tp_size=tp_size)
+        self.steps: list[list[Extend]] | None = None
+
+    def extend_time(self, chunks: Iterable[Extend]) -> float:
+        chunks = list(chunks)
+        if self.steps is not None:
+            self.steps.append(chunks)
+        return super().extend_time(chunks)
+
+
+def append_steps(model: ModelSpec, gpu: GpuSpec, bs: int, L: int, m: int, *, chunk: int, pool: int,
+                 max_running: int = 4096, tp_size: int = 1) -> list[list[Extend]]:
+    """The extend steps the engine runs for BS appends of m tokens onto BS cached contexts of L."""
+    if bs * (L + m + 1) > pool:
+        raise ConfigError(f"bs{bs}-L{L}-m{m}: {bs * (L + m + 1)} tokens do not fit a {pool}-token pool; "
+                          "such rounds are invalid and cannot calibrate anything")
+    recorder = _Recorder(model, gpu, tp_size)
+    engine = Engine(recorder, pool, chunked_prefill_size=chunk, max_running_requests=max_running)
+    runner = VirtualRunner(engine)
+    vocab = model.vocab_size - 1
+    contexts = [[(c * 1_000_003 + j * 7919) % vocab + 1 for j in range(L)] for c in range(bs)]
+    for c, ids in enumerate(contexts):
+        runner.submit(SimRequest(f"warm{c}", ids, 1, 0.0))
+    start = runner.run() + 1.0
+    recorder.steps = []
+    for c, ids in enumerate(contexts):
+        fresh = [(c * 104_729 + L + j * 31) % vocab + 1 for j in range(m)]
+        runner.submit(SimRequest(f"append{c}", ids + fresh, 1, start))
+    runner.run()
+    return recorder.steps
+
+
+@dataclass(frozen=True)
+class Point:
+    bs: int
+    L: int
+    m: int
+    measured_ms: float
+    n: int
+    steps: tuple[tuple[Extend, ...], ...]
+
+
+def predict_ms(model: ModelSpec, gpu: GpuSpec, profile: CostProfile, point: Point, tp_size: int = 1) -> float:
+    cost = CostModel(model, gpu, profile, tp_size)
+    return (profile.request_overhead_s + sum(cost.extend_time(step) for step in point.steps)) * 1e3
+
+
+@dataclass(frozen=True)
+class Fit:
+    model: str
+    gpu: str
+    points: list[dict[str, Any]]  # bs, L, m, n, measured_ms, predicted_ms, error
+    median_abs_error: float
+    max_abs_error: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _flag(argv: Sequence[str], name: str) -> int | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith(name + "="):
+            return int(arg.split("=", 1)[1])
+    return None
+
+
+def _engine_settings(rounds: list[dict[str, Any]], model: ModelSpec, gpu: GpuSpec) -> tuple[int, int, int]:
+    """(chunk, pool, tp) as the measured engine ran: from its recorded argv, else SGLang's defaults."""
+    argv = [a for cmd in rounds[0].get("server_argv") or [] for a in cmd]
+    tp = _flag(argv, "--tp-size") or 1
+    chunk = _flag(argv, "--chunked-prefill-size") or default_chunked_prefill_size(gpu)
+    pool = _flag(argv, "--max-total-tokens") or pool_tokens_for(
+        model, gpu, default_mem_fraction_static(gpu, tp), tp, 1)
+    return chunk, pool, tp
+
+
+def engine_latency_ms(record: dict[str, Any]) -> float:
+    """The slowest request's server-side TTFT (SGLang's first_token_latency, --enable-metrics): what the
+    engine spent, without the client's and HTTP's share, which a sim run adds back on its own host.
+    Records without it fall back to the client-side batch latency."""
+    server = record.get("server_ttft_ms") or []
+    if server and all(isinstance(x, (int, float)) and x > 0 for x in server):
+        return float(max(server))
+    return float(record["batch_latency_ms"])
+
+
+def collect(rounds: Iterable[dict[str, Any]]) -> tuple[ModelSpec, GpuSpec, list[Point], int]:
+    """Valid LOCAL rounds grouped per point (median latency), each with its scheduled steps."""
+    local = [r for r in rounds if r.get("kind", "round") == "round" and r.get("valid") and r.get("path") == "local"]
+    if not local:
+        raise ConfigError("no valid LOCAL rounds to calibrate from; give the records.jsonl of a run that "
+                          "measured the local path (pytest suites/ --ppd-backend=sglang ...)")
+    setups = {(r["model"], r["gpu"]) for r in local}
+    if len(setups) != 1:
+        raise ConfigError(f"rounds from {len(setups)} model/GPU setups {sorted(setups)}: calibrate one at a time")
+    model, gpu = model_spec(local[0]["model"]), gpu_spec(local[0]["gpu"])
+    chunk, pool, tp = _engine_settings(local, model, gpu)
+    groups: dict[tuple[int, int, int], list[float]] = defaultdict(list)
+    for r in local:
+        groups[(int(r["bs"]), int(r["L"]), int(r["m"]))].append(engine_latency_ms(r))
+    pool = max([pool] + [bs * (L + m + 1) for bs, L, m in groups])  # valid rounds fit the measured pool
+    points = [Point(bs, L, m, float(np.median(xs)), len(xs),
+                    tuple(tuple(s) for s in append_steps(model, gpu, bs, L, m, chunk=chunk, pool=pool, tp_size=tp)))
+              for (bs, L, m), xs in sorted(groups.items())]
+    return model, gpu, points, tp
+
+
+def calibrate(rounds: Iterable[dict[str, Any]], start: CostProfile | None = None) -> tuple[CostProfile, Fit]:
+    """The profile that best predicts the measured LOCAL batch latencies (least squares on log)."""
+    model, gpu, points, tp = collect(rounds)
+    if len(points) < 3:
+        raise ConfigError(f"only {len(points)} measured point(s); calibrating {len(FITTED)} coefficients "
+                          "needs a grid of at least 3 (better: --ppd-grid=quick or full)")
+    base = start or CostProfile(name=f"calibrated-{gpu.name}-{model.name}")
+    measured = np.log([p.measured_ms for p in points])
+
+    def profile_of(x: np.ndarray) -> CostProfile:
+        values = {k: float(min(max(v, BOUNDS[k][0]), BOUNDS[k][1])) for k, v in zip(FITTED, x)}
+        return replace(base, **values)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        prof = profile_of(x)
+        return np.log([predict_ms(model, gpu, prof, p, tp) for p in points]) - measured
+
+    x0 = np.array([getattr(base, k) for k in FITTED])
+    lo, hi = np.array([BOUNDS[k][0] for k in FITTED]), np.array([BOUNDS[k][1] for k in FITTED])
+    result = optimize.least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi), x_scale="jac")
+    profile = profile_of(result.x)
+    rows = []
+    for p in points:
+        pred = predict_ms(model, gpu, profile, p, tp)
+        rows.append({"bs": p.bs, "L": p.L, "m": p.m, "n": p.n, "measured_ms": p.measured_ms,
+                     "predicted_ms": pred, "error": pred / p.measured_ms - 1})
+    errors = np.abs([r["error"] for r in rows])
+    return profile, Fit(model.name, gpu.name, rows, float(np.median(errors)), float(errors.max()))

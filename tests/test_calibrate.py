@@ -1,0 +1,118 @@
+"""`ppd calibrate`: the sim's cost profile fitted to measured LOCAL rounds."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from pytest_ppd.analysis.roofline import floor_ms
+from pytest_ppd.records import RecordStore
+from pytest_ppd.sim.calibrate import Point, append_steps, calibrate, predict_ms
+from pytest_ppd.sim.costmodel import CostProfile
+from pytest_ppd.specs import gpu_spec, model_spec
+
+MODEL, GPU = model_spec("Llama-3.1-8B"), gpu_spec("H100-SXM")
+GRID = [(bs, L, m) for bs in (1, 8, 32) for L in (1024, 4096) for m in (32, 512, 2048)]
+PLANTED = CostProfile(name="planted", c0_prefill_s=0.004, request_overhead_s=0.003, request_cpu_s=0.0004,
+                      token_cpu_s=1e-7, eta_gemm=0.45, eta_w=0.7, eta_attn=0.35)
+
+
+def _records(profile, grid=GRID, noise=(1.0,)):
+    out = []
+    for bs, L, m in grid:
+        steps = append_steps(MODEL, GPU, bs, L, m, chunk=8192, pool=500_000)
+        ms = predict_ms(MODEL, GPU, profile, Point(bs, L, m, 0.0, 0, tuple(map(tuple, steps))))
+        for i, k in enumerate(noise):
+            out.append({"kind": "round", "valid": True, "path": "local", "model": MODEL.name, "gpu": GPU.name,
+                        "bs": bs, "L": L, "m": m, "round": i, "batch_latency_ms": ms * k + 2.0,
+                        "server_ttft_ms": [ms * k] * bs, "server_argv": [["x", "--chunked-prefill-size", "8192"]]})
+    return out
+
+
+def test_a_planted_profile_is_recovered():
+    profile, fit = calibrate(_records(PLANTED, noise=(0.99, 1.0, 1.01)))
+    assert fit.max_abs_error < 0.01
+    assert profile.eta_gemm == pytest.approx(PLANTED.eta_gemm, abs=0.03)
+    assert profile.eta_attn == pytest.approx(PLANTED.eta_attn, abs=0.05)
+    assert profile.eta_kv == CostProfile().eta_kv  # decode-side: not identifiable from appends, kept
+
+
+def test_the_calibrated_sim_never_beats_the_floor():
+    """Records faster than any hardware can be: the fit stops at the efficiency caps."""
+    fastest = replace(PLANTED, c0_prefill_s=0.0, request_overhead_s=0.0, request_cpu_s=0.0, token_cpu_s=0.0,
+                      eta_gemm=0.8, eta_w=0.9, eta_attn=0.8)
+    records = _records(fastest)
+    for r in records:
+        r["server_ttft_ms"] = [x / 3 for x in r["server_ttft_ms"]]
+    profile, fit = calibrate(records)
+    for row in fit.points:
+        assert row["predicted_ms"] >= floor_ms(MODEL, GPU, row["bs"], row["L"], row["m"])
+    assert profile.eta_gemm == pytest.approx(0.8) and profile.eta_attn == pytest.approx(0.8)
+
+
+def test_engine_side_latency_is_preferred_over_the_clients():
+    records = _records(PLANTED)
+    profile, _ = calibrate(records)
+    for r in records:
+        r["server_ttft_ms"] = [None]
+    client_profile, fit = calibrate(records)
+    assert client_profile.request_overhead_s > profile.request_overhead_s  # the 2 ms client share, absorbed
+    assert fit.max_abs_error < 0.02
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda rs: [], "no valid LOCAL rounds"),
+    (lambda rs: [dict(r, path="remote") for r in rs], "no valid LOCAL rounds"),
+    (lambda rs: rs[:1] + [dict(rs[1], gpu="H200")], "calibrate one at a time"),
+    (lambda rs: rs[:6], "needs a grid of at least 3"),
+])
+def test_bad_records_are_one_clear_error(mutate, needle):
+    from pytest_ppd.errors import ConfigError
+
+    records = _records(PLANTED, grid=GRID[:2] if "grid" in needle else GRID[:4])
+    with pytest.raises(ConfigError, match=needle):
+        calibrate(mutate(records))
+
+
+def test_cli_writes_a_profile_the_sim_loads(tmp_path):
+    path = tmp_path / "records.jsonl"
+    header = {"kind": "header", "schema": 1, "run_id": "t", "config_hash": "h", "created_at": 0}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [header, *_records(PLANTED)]))
+    out = tmp_path / "h100.json"
+    done = subprocess.run([sys.executable, "-m", "pytest_ppd.cli", "calibrate", str(tmp_path), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "18 points of Llama-3.1-8B on H100-SXM: median |error|" in done.stdout
+    loaded = CostProfile.load(out)
+    assert loaded.eta_gemm == pytest.approx(PLANTED.eta_gemm, abs=0.03)
+    assert json.loads(out.read_text())["fit"]["gpu"] == "H100-SXM"
+    assert RecordStore.read(path).rounds  # untouched
+    bad = subprocess.run([sys.executable, "-m", "pytest_ppd.cli", "calibrate", str(tmp_path / "nope"), "-o",
+                          str(out)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such records file" in bad.stderr
+
+
+@pytest.mark.slow
+def test_calibrating_on_a_served_sim_recovers_its_profile(pytester, capsys):
+    """Records of the real sim server run with a planted profile (GEMMs at 45% of peak, not the built-in
+    70%): the fit finds that efficiency again, through HTTP, the client and the host's own overhead."""
+    from pathlib import Path
+
+    from pytest_ppd.cli import main
+
+    planted = pytester.path / "planted.json"
+    CostProfile(name="planted", eta_gemm=0.45, eta_attn=0.35, c0_prefill_s=0.004).save(planted)
+    suites = Path(__file__).resolve().parent.parent / "suites"
+    pytester.makepyfile(test_append_grid=(suites / "test_append_grid.py").read_text())
+    results = pytester.path / "r"
+    run = pytester.runpytest_subprocess("-k", "local", "--ppd-grid=bs=1,8,32;L=1024;m=32,512,2048",
+                                        f"--ppd-sim-args=--sim-profile={planted}", f"--ppd-results={results}")
+    run.assert_outcomes(passed=9, deselected=9)
+    out = pytester.path / "fitted.json"
+    assert main(["calibrate", str(results), "-o", str(out)]) == 0
+    fit = json.loads(out.read_text())
+    assert fit["coefficients"]["eta_gemm"] == pytest.approx(0.45, abs=0.05)
+    assert fit["fit"]["median_abs_error"] < 0.05
+    print(capsys.readouterr().out)
