@@ -116,3 +116,17 @@ def test_calibrating_on_a_served_sim_recovers_its_profile(pytester, capsys):
     assert fit["coefficients"]["eta_gemm"] == pytest.approx(0.45, abs=0.05)
     assert fit["fit"]["median_abs_error"] < 0.05
     print(capsys.readouterr().out)
+
+
+def test_a_served_sims_own_parsing_is_credited_against_modeled_cpu_work():
+    """Calibrated from a served sim, request_cpu_s holds that host's own parsing; serving the profile again
+    must not count it twice (round trip on the quick grid: median 2.8% instead of 10.8%)."""
+    from pytest_ppd.sim.costmodel import CostModel, Extend
+
+    cost = CostModel(MODEL, GPU, replace(CostProfile(), request_cpu_s=0.001, token_cpu_s=0.0))
+    bare = CostModel(MODEL, GPU, CostProfile())
+    chunks = [Extend(32, 1024, admitted_prompt=1056, host_s=0.0004 * i) for i in range(8)]
+    base = bare.extend_time(chunks)
+    assert cost.extend_time([replace(c, host_s=0.0) for c in chunks]) == pytest.approx(base + 0.008)
+    assert cost.extend_time(chunks) == pytest.approx(base + 0.008 - 0.0028)  # the last one waited 2.8 ms
+    assert cost.extend_time([replace(c, host_s=1.0) for c in chunks]) == pytest.approx(base)  # never below

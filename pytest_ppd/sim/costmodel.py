@@ -4,7 +4,8 @@ Per operator class, each bounded by compute or by HBM traffic::
 
     T = c0 + max(F_linear / (eta_gemm P), B_weights / (eta_w W))
            + max(F_attn / (eta_attn P), B_kv / (eta_kv W))
-           + sum over requests admitted in this step of (request_cpu + token_cpu x prompt tokens)
+           + sum over requests admitted in this step of (request_cpu + token_cpu x prompt tokens),
+             less the wall time the serving host already spent on them (a served sim's own parsing)
 
 P and W are the GPU's peak FLOP/s and HBM bytes/s; the efficiencies are capped
 at what the hardware can reach, so a step is never faster than its floor. The
@@ -81,6 +82,7 @@ class Extend:
     prefix: int
     logits: bool = True  # whether this chunk ends the prompt (one lm_head row)
     admitted_prompt: int = 0  # the whole prompt's length when the request is admitted in this step
+    host_s: float = 0.0  # wall time the serving host already spent on it before the engine saw it
 
 
 class CostModel:
@@ -110,7 +112,11 @@ class CostModel:
         b_kv = sum(c.prefix + c.new for c in chunks) * self.model.kv_bytes_per_token
         logits = sum(1 for c in chunks if c.logits)
         p = self.profile
-        cpu = sum(p.request_cpu_s + p.token_cpu_s * c.admitted_prompt for c in chunks if c.admitted_prompt)
+        admitted = [c for c in chunks if c.admitted_prompt]
+        cpu = sum(p.request_cpu_s + p.token_cpu_s * c.admitted_prompt for c in admitted)
+        # A served sim parses the same requests on a real CPU, one after another: what its host already
+        # spent is part of that serial work, not on top of it (a calibrated profile would count it twice).
+        cpu = max(cpu - max((c.host_s for c in admitted), default=0.0), 0.0)
         return self._time(p.c0_prefill_s + cpu, tokens, logits, f_attn, b_kv)
 
     def decode_time(self, contexts: Iterable[int]) -> float:

@@ -28,6 +28,7 @@ class SimRequest:
     arrival_s: float
     preset_first_token: int | None = None  # decode side of P/D: computed by the prefill engine
     preset_cached_tokens: int = 0
+    host_s: float = 0.0  # wall time the HTTP server spent receiving and parsing it (0 in virtual runs)
     cached_tokens: int = 0
     computed: int = 0
     output_ids: list[int] = field(default_factory=list)
@@ -170,7 +171,7 @@ class Engine:
             n = min(req.prompt_len - req.computed, budget)
             items.append((req, n))
             chunks.append(Extend(n, req.computed, logits=req.computed + n == req.prompt_len,
-                                 admitted_prompt=req.prompt_len))
+                                 admitted_prompt=req.prompt_len, host_s=req.host_s))
             req.owned += n  # allocated now, so the next admission sees it
             budget -= n
         if not items:

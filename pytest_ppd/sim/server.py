@@ -207,7 +207,8 @@ class SimServer:
             await asyncio.sleep(faults["stall"].arg)
         if resp is not None and "sse-error" in faults:
             return await self._error(request, resp, "injected fault: the scheduler aborted the request", 500)
-        req = SimRequest(gen.rid or uuid.uuid4().hex, gen.input_ids, gen.max_new_tokens, arrival_s=created)
+        req = SimRequest(gen.rid or uuid.uuid4().hex, gen.input_ids, gen.max_new_tokens, arrival_s=created,
+                         host_s=time.perf_counter() - created)
         state = _State(req, created)
         if gen.max_new_tokens == 0:
             req.finish_reason, req.finished_s = {"type": "length", "length": 0}, time.perf_counter()
