@@ -109,7 +109,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def check_identity(baseline: dict[str, Any], identity: dict[str, Any]) -> None:
-    for field in ("backend", "gpu", "model"):
+    for field in ("backend", "gpu", "prefill_gpu", "model"):
         if baseline.get(field) != identity.get(field):
             raise ConfigError(f"--ppd-baseline was recorded with {field}={baseline.get(field)!r}, this run uses "
                               f"{identity.get(field)!r}; compare like with like or record a new baseline")

@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = TopologyConfig(
         backend=args.backend, kind=args.topology, host=args.host, port=args.port, model=args.model,
-        gpu=args.gpu, link=args.link, tp_size=args.tp_size, share_gpu=args.share_gpu,
+        gpu=args.gpu, prefill_gpu=args.prefill_gpu, link=args.link, tp_size=args.tp_size, share_gpu=args.share_gpu,
         transfer_backend=args.transfer_backend, api_key=api_key_from_env(),
         sim_flags=tuple(args.sim_flag or ()),
     )
@@ -189,13 +189,15 @@ def compare_dir(directory: Path, baseline_path: Path,
         raise ConfigError(f"{directory} has no measured rounds to compare")
     base = bl.load(baseline_path)
     first = rounds[0]
-    bl.check_identity(base, {"backend": first["backend"], "gpu": first["gpu"], "model": first["model"]})
+    prefill_gpu = next((r["prefill_gpu"] for r in rounds if r.get("prefill_gpu")), None)
+    bl.check_identity(base, {"backend": first["backend"], "gpu": first["gpu"], "model": first["model"],
+                             "prefill_gpu": prefill_gpu})
     gate = GateSettings()
     if expectations is not None:
         if not expectations.is_dir():
             raise ConfigError(f"--expectations {expectations}: not a directory; give the one holding the "
                               "<backend>-<gpu>-<model>.toml files, e.g. suites/expectations")
-        file = expectations_file(first["backend"], first["gpu"], first["model"], expectations)
+        file = expectations_file(first["backend"], first["gpu"], first["model"], expectations, prefill_gpu)
         gate = load(file).gate if file.exists() else gate
     samples: dict[str, list[float]] = {}
     for r in rounds:
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default="Llama-3.1-8B",
                        help=f"built-in ({', '.join(known_models())}) or a model directory (default: Llama-3.1-8B)")
     serve.add_argument("--gpu", default="H100-SXM", help=f"{', '.join(known_gpus())} (default: H100-SXM)")
+    serve.add_argument("--prefill-gpu", default=None, metavar="GPU",
+                       help="sim pd: the prefill engine's GPU, when it differs from --gpu (default: --gpu)")
     serve.add_argument("--link", default="ib-ndr", help=f"{', '.join(known_links())} (default: ib-ndr)")
     serve.add_argument("--tp-size", type=int, default=1, help="(default: 1)")
     serve.add_argument("--share-gpu", action="store_true",

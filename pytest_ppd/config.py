@@ -130,6 +130,7 @@ class PpdConfig:
     model: ModelSpec = model_spec("Llama-3.1-8B")
     model_arg: str = "Llama-3.1-8B"  # the name or path as given: what the launcher loads
     gpu: GpuSpec = gpu_spec("H100-SXM")
+    prefill_gpu: GpuSpec | None = None  # P's GPU when it differs from D's (heterogeneous P/D)
     reps: int = 3
     max_reps: int = 10
     ci: float = 0.05
@@ -151,6 +152,8 @@ class PpdConfig:
         """Identity of a run's design: what --ppd-resume must match."""
         design = {"backend": self.backend, "model": self.model.name, "gpu": self.gpu.name,
                   "grid": [p.id for p in self.grid], "max_new_tokens": self.max_new_tokens}
+        if self.prefill_gpu is not None:
+            design["prefill_gpu"] = self.prefill_gpu.name
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
 
     def results_dir(self) -> Path:
@@ -179,6 +182,17 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         gpu = gpu_spec(get("gpu", "H100-SXM"))
     except ConfigError as exc:
         raise ConfigError(f"--ppd-gpu: {exc}") from None
+    prefill_gpu = None
+    if get("prefill_gpu"):
+        try:
+            prefill_gpu = gpu_spec(get("prefill_gpu"))
+        except ConfigError as exc:
+            raise ConfigError(f"--ppd-prefill-gpu: {exc}") from None
+        if prefill_gpu.name == gpu.name:
+            prefill_gpu = None
+        elif backend == "sglang":
+            raise ConfigError("--ppd-prefill-gpu: --ppd-backend=sglang starts P and D on this node's GPUs; "
+                              "drop the option, or describe a remote P with --ppd-backend=external")
     reps, max_reps = parse_reps(get("reps", "3")), parse_max_reps(get("max_reps", "10"))
     if max_reps < reps:
         raise ConfigError(f"--ppd-max-reps: {max_reps} is below --ppd-reps {reps}; give max-reps >= reps")
@@ -197,7 +211,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
             raise ConfigError(f"--ppd-replay: {replay} does not exist; give a records.jsonl file")
     cfg = PpdConfig(
         backend=backend, grid_name=grid_name, grid=grid, model=model, model_arg=get("model", "Llama-3.1-8B"),
-        gpu=gpu, reps=reps,
+        gpu=gpu, prefill_gpu=prefill_gpu, reps=reps,
         max_reps=max_reps, ci=parse_ci(get("ci", "0.05")), timeout_s=parse_timeout(get("timeout", "600")),
         results=results, resume=resume, urls=urls, replay=replay,
         baseline=Path(get("baseline")) if get("baseline") else None,

@@ -12,7 +12,11 @@ A file states what the physics predicts, as ranges, never as measured numbers::
 
     [routing]
     route = "local"                   # the measured-faster route at every point
-    router_regret_at_most_best_fixed = true
+    router_regret_at_most_best_fixed = true   # or router_regret_below_every_fixed (strict, whole grid)
+
+    [[routes]]                        # or per region: the faster route where `when` holds (bs, L, m)
+    when = "m >= L / 2 and bs * m >= 2048"
+    route = "remote"
 
     [baseline]                        # the regression gate against --ppd-baseline (all optional)
     tolerance = 0.10                  # a slowdown beyond this (and significant) is a regression
@@ -56,12 +60,15 @@ class Expectations:
     rows: list[dict[str, Any]] = field(default_factory=list)
     routing: dict[str, Any] = field(default_factory=dict)
     gate: GateSettings = field(default_factory=GateSettings)
+    routes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def expectations_file(backend: str, gpu: str, model: str, directory: Path) -> Path:
-    """sim-H100-SXM-Llama-3.1-8B.toml for the sim; H100-SXM-Llama-3.1-8B.toml for measured hardware."""
+def expectations_file(backend: str, gpu: str, model: str, directory: Path, prefill_gpu: str | None = None) -> Path:
+    """sim-H100-SXM-Llama-3.1-8B.toml for the sim; H100-SXM-Llama-3.1-8B.toml for measured hardware;
+    ...-prefill-B200.toml when P runs on other hardware than D."""
     prefix = "sim-" if backend == "sim" else ""
-    return directory / f"{prefix}{gpu}-{model}.toml"
+    suffix = f"-prefill-{prefill_gpu}" if prefill_gpu and prefill_gpu != gpu else ""
+    return directory / f"{prefix}{gpu}-{model}{suffix}.toml"
 
 
 def load(path: Path) -> Expectations:
@@ -82,7 +89,11 @@ def load(path: Path) -> Expectations:
             raise ConfigError(f"{path}: rows[{i}].exponent must be [low, high]")
     if routing.get("route") not in (None, "local", "remote"):
         raise ConfigError(f"{path}: routing.route must be 'local' or 'remote'")
-    return Expectations(path, cells, rows, routing, _gate(path, data.get("baseline", {})))
+    routes = data.get("routes", [])
+    for i, rule in enumerate(routes):
+        if rule.get("route") not in ("local", "remote") or not isinstance(rule.get("when"), str):
+            raise ConfigError(f"{path}: routes[{i}] needs when = \"...\" and route = 'local' or 'remote'")
+    return Expectations(path, cells, rows, routing, _gate(path, data.get("baseline", {})), routes)
 
 
 def _gate(path: Path, section: Any) -> GateSettings:
@@ -150,22 +161,29 @@ def check_routing(exp: Expectations, truth: pd.DataFrame, evaluation: dict[str, 
     noise: where both are within a few percent (compute-bound appends whose KV transfer overlaps the
     prefill) the faster one changes from run to run, and neither answer is wrong."""
     failures = []
-    route = exp.routing.get("route")
-    if route:
-        for r in truth.itertuples():
+    rules = list(exp.routes)
+    if exp.routing.get("route"):
+        rules.insert(0, {"when": "", "route": exp.routing["route"]})
+    for i, rule in enumerate(rules):
+        route, when = rule["route"], rule["when"]
+        for r in _select(truth, when, f"{exp.path.name} routes[{i}]").itertuples():
             if r.oracle == route:
                 continue
             beyond_noise, evidence = clearly_faster(rounds, r.bs, r.L, r.m, r.oracle)
             if beyond_noise:
-                failures.append(f"bs{r.bs}-L{r.L}-m{r.m}: expected {route} to be faster, measured local "
-                                f"{r.local_ms:.2f} ms vs remote {r.remote_ms:.2f} ms{evidence} "
+                failures.append(f"bs{r.bs}-L{r.L}-m{r.m}: expected {route} to be faster ({when or 'everywhere'}), "
+                                f"measured local {r.local_ms:.2f} ms vs remote {r.remote_ms:.2f} ms{evidence} "
                                 f"(records: {records_file})")
-    if exp.routing.get("router_regret_at_most_best_fixed"):
+    strict = bool(exp.routing.get("router_regret_below_every_fixed"))
+    if strict or exp.routing.get("router_regret_at_most_best_fixed"):
         for split, table in evaluation.items():
             router = table[table["policy"] == "append-router"].iloc[0]
             fixed = table[table["policy"] != "append-router"]
             best = fixed.sort_values("mean_regret_ms").iloc[0]
-            if router["mean_regret_ms"] > best["mean_regret_ms"] + 1e-9:
-                failures.append(f"{split}: append-router mean regret {router['mean_regret_ms']:.3f} ms > best fixed "
-                                f"rule {best['policy']} {best['mean_regret_ms']:.3f} ms over {int(best['points'])} points")
+            if router["mean_regret_ms"] > best["mean_regret_ms"] + 1e-9 or (
+                    strict and split == "grid" and router["mean_regret_ms"] >= best["mean_regret_ms"]):
+                relation = "not below" if strict else ">"
+                failures.append(f"{split}: append-router mean regret {router['mean_regret_ms']:.3f} ms {relation} "
+                                f"best fixed rule {best['policy']} {best['mean_regret_ms']:.3f} ms over "
+                                f"{int(best['points'])} points")
     return failures

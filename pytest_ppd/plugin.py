@@ -36,6 +36,8 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("grid", "GRID", "smoke", GRID_SYNTAX),
     ("model", "MODEL", "Llama-3.1-8B", "built-in model name or a path to a HF config.json / model dir"),
     ("gpu", "GPU", "H100-SXM", "GPU the floor and the sim use (H100-SXM, H100-PCIe, H200, A100-80GB, B200, L40S)"),
+    ("prefill-gpu", "GPU", "--ppd-gpu", "the prefill side's GPU when it differs (heterogeneous P/D; sim or "
+     "external)"),
     ("reps", "N", "3", "minimum valid rounds per point and path"),
     ("max-reps", "N", "10", "maximum rounds per point and path"),
     ("ci", "FRACTION", "0.05", "stop repeating when the median's 95%% CI is this narrow (relative)"),
@@ -125,7 +127,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     s = config.stash[SESSION_KEY]
     c = s.config
     v = s.versions()
-    return (f"ppd: backend={c.backend} model={c.model.name} gpu={c.gpu.name} grid={c.grid_name} "
+    gpus = c.gpu.name if c.prefill_gpu is None else f"{c.gpu.name} prefill_gpu={c.prefill_gpu.name}"
+    return (f"ppd: backend={c.backend} model={c.model.name} gpu={gpus} grid={c.grid_name} "
             f"({len(c.grid)} points) reps={c.reps}..{c.max_reps} ci={c.ci:g} "
             f"sglang={v['sglang']} sglang-router={v['sglang_router']}")
 

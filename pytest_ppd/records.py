@@ -61,9 +61,13 @@ class Record:
     server_argv: list[list[str]] = field(default_factory=list)
     run_id: str = ""
     kind: str = "round"
+    prefill_gpu: str | None = None  # P's GPU where it differs from gpu (D's); written only then
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False)
+        data = asdict(self)
+        if data["prefill_gpu"] is None:
+            del data["prefill_gpu"]
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 def derived_rates(bs: int, L: int, m: int, latency_ms: float | None) -> dict[str, float | None]:

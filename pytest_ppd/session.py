@@ -101,7 +101,8 @@ class PpdSession:
 
     def settings(self, suite: str) -> Settings:
         c = self.config
-        return Settings(suite=suite, backend=c.backend, model=c.model, gpu=c.gpu, min_reps=c.reps,
+        return Settings(suite=suite, backend=c.backend, model=c.model, gpu=c.gpu, prefill_gpu=c.prefill_gpu,
+                        min_reps=c.reps,
                         max_reps=c.max_reps, ci_target=c.ci, max_new_tokens=c.max_new_tokens,
                         run_id=self.run_id, timeout_s=c.timeout_s)
 
@@ -137,7 +138,8 @@ class PpdSession:
         self.stop_topology()  # one topology at a time on a shared GPU
         c = self.config
         topo_cfg = TopologyConfig(backend=c.backend, kind=TOPOLOGY_OF_PATH[path], model=c.model_arg,
-                                  gpu=c.gpu.name, api_key=c.api_key, sim_flags=c.sim_args)
+                                  gpu=c.gpu.name, api_key=c.api_key, sim_flags=c.sim_args,
+                                  prefill_gpu=c.prefill_gpu.name if c.prefill_gpu else None)
         topo = plan(topo_cfg, self.results_dir / "servers" / path)
         self._topology = start(topo)
         engines = topo.prefill + topo.decode if path == "remote" else [topo.entry_url]
@@ -204,12 +206,17 @@ class PpdSession:
         if backend == "replay":
             backends = {r.get("backend") for r in self.records()}
             backend = backends.pop() if len(backends) == 1 else "replay"
-        return load(expectations_file(backend, self.config.gpu.name, self.config.model.name, directory))
+        c = self.config
+        return load(expectations_file(backend, c.gpu.name, c.model.name, directory,
+                                      c.prefill_gpu.name if c.prefill_gpu else None))
 
     # -- baselines ---------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.config.backend, "gpu": self.config.gpu.name, "model": self.config.model.name,
-                "versions": self.versions()}
+        c = self.config
+        ident = {"backend": c.backend, "gpu": c.gpu.name, "model": c.model.name, "versions": self.versions()}
+        if c.prefill_gpu is not None:
+            ident["prefill_gpu"] = c.prefill_gpu.name
+        return ident
 
     def baseline(self) -> dict[str, Any] | None:
         """The --ppd-baseline file, loaded and checked against this run once."""

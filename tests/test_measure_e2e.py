@@ -202,6 +202,35 @@ def test_a_changed_expectation_fails_with_expected_vs_measured(pytester):
                                  "with elasticity * ms over * valid rounds; records: *records.jsonl)*"])
 
 
+def test_heterogeneous_pd_gives_the_router_a_boundary_to_find(pytester):
+    """P on a B200 (--ppd-prefill-gpu), D on an H100: the faster route now depends on BS, L and m
+    together; the suites pass against the -prefill-B200 expectations (route regions, and a router
+    regret below every fixed rule's), REMOTE rounds carry P's GPU and its floor."""
+    suites = Path(__file__).resolve().parent.parent / "suites"
+    pytester.makepyfile(test_append_grid=(suites / "test_append_grid.py").read_text(),
+                        test_analysis=(suites / "test_analysis.py").read_text())
+    exp = pytester.mkdir("expectations")
+    name = "sim-H100-SXM-Llama-3.1-8B-prefill-B200.toml"
+    (exp / name).write_text((suites / "expectations" / name).read_text())
+    results = pytester.path / "r"
+    result = pytester.runpytest_subprocess("--ppd-grid=bs=1,8;L=1024,4096;m=32,512,2048", "--ppd-prefill-gpu=B200",
+                                           f"--ppd-results={results}", "--ppd-max-reps=5")
+    result.assert_outcomes(passed=28, skipped=1)
+    result.stdout.fnmatch_lines(["ppd: backend=sim model=Llama-3.1-8B gpu=H100-SXM prefill_gpu=B200 *",
+                                 "routing policies on grid*", "  append-router *"])
+    rounds = RecordStore.read(results / "records.jsonl").rounds
+    remote = [r for r in rounds if r.get("path") == "remote"]
+    assert remote and all(r["prefill_gpu"] == "B200" for r in remote)
+    assert all("prefill_gpu" not in r for r in rounds if r.get("path") == "local")
+    assert {r["oracle"] for r in _truth(rounds)} == {"local", "remote"}
+
+
+def _truth(rounds):
+    from pytest_ppd.analysis.study import analyze
+
+    return [r._asdict() for r in analyze(rounds, "Llama-3.1-8B", "H100-SXM").truth.itertuples()]
+
+
 def test_contexts_survive_kv_pressure_between_rounds(tmp_path):
     """Near a full pool, old appends could push contexts out (LRU; seen on the full grid's REMOTE path at
     BS=32, L=4096, m=8192): contexts are re-warmed before each round and every round stays proven."""

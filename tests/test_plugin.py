@@ -68,6 +68,8 @@ BAD = [
     (["--ppd-grid=bs=1;L=131000;m=512"], "--ppd-grid: 1 point(s) exceed Llama-3.1-8B's context length 131072*"),
     (["--ppd-model=gpt-5"], "--ppd-model: unknown model 'gpt-5'; known: *"),
     (["--ppd-gpu=TPU"], "--ppd-gpu: unknown GPU 'TPU'; known: *"),
+    (["--ppd-prefill-gpu=TPU"], "--ppd-prefill-gpu: unknown GPU 'TPU'; known: *"),
+    (["--ppd-backend=sglang", "--ppd-prefill-gpu=B200"], "--ppd-prefill-gpu: --ppd-backend=sglang starts P and D*"),
     (["--ppd-reps=0"], "--ppd-reps: 0 is out of range; give a int >= 1"),
     (["--ppd-reps=three"], "--ppd-reps: 'three' is not a number*"),
     (["--ppd-reps=5", "--ppd-max-reps=3"], "--ppd-max-reps: 3 is below --ppd-reps 5*"),

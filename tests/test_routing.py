@@ -175,3 +175,37 @@ def test_a_route_within_noise_of_the_expected_one_is_no_contradiction(tmp_path):
     failures = check_routing(exp, truth, {}, "r.jsonl", clear)
     assert len(failures) == 1 and "expected local to be faster" in failures[0] and "p=" in failures[0]
     assert len(check_routing(exp, truth, {}, "r.jsonl")) == 1  # medians only: strict
+
+
+def test_a_faster_prefill_gpu_moves_large_appends_remote():
+    """P on a B200, D on an H100: REMOTE pays the transfer but prefills 2.27x faster, so large appends
+    go remote and small ones stay; with P = D nothing ever goes remote on an idle pair."""
+    params = RouterParams.for_link("ib-ndr")
+    hetero = AppendRouter(MODEL, "H100-SXM", params, prefill_gpu="B200")
+    same = AppendRouter(MODEL, "H100-SXM", params)
+    assert hetero.decide(32, 1024, 2048, p_holds_context=True).route == REMOTE
+    assert hetero.decide(8, 4096, 32, p_holds_context=True).route == LOCAL
+    assert {same.decide(bs, 1024, m, p_holds_context=True).route for bs in (1, 32) for m in (32, 2048)} == {LOCAL}
+    local, remote = hetero.costs(32, 1024, 2048, True)
+    assert remote.parts_s["prefill_on_P"] < local.parts_s["prefill_on_D"] / 2
+
+
+def test_route_regions_and_the_strict_regret_rule(tmp_path):
+    import pandas as pd
+
+    from pytest_ppd.expectations import Expectations, check_routing
+
+    truth = pd.DataFrame([{"bs": 8, "L": 1024, "m": m, "local_ms": loc, "remote_ms": rem,
+                           "oracle": LOCAL if loc <= rem else REMOTE}
+                          for m, loc, rem in ((32, 27.0, 44.0), (2048, 386.0, 242.0))])
+    exp = Expectations(tmp_path / "e.toml", routes=[{"when": "m <= L / 8", "route": "local"},
+                                                     {"when": "m >= L / 2", "route": "remote"}],
+                       routing={"router_regret_below_every_fixed": True})
+    table = pd.DataFrame([{"policy": "append-router", "mean_regret_ms": 0.0, "points": 2},
+                          {"policy": "always-local", "mean_regret_ms": 72.0, "points": 2}])
+    assert check_routing(exp, truth, {"grid": table}, "r.jsonl") == []
+    flipped = Expectations(tmp_path / "e.toml", routes=[{"when": "m >= L / 2", "route": "local"}])
+    assert check_routing(flipped, truth, {}, "r.jsonl")[0].startswith(
+        "bs8-L1024-m2048: expected local to be faster (m >= L / 2)")
+    tie = table.assign(mean_regret_ms=[0.0, 0.0])
+    assert "not below best fixed rule always-local" in check_routing(exp, truth, {"grid": tie}, "r.jsonl")[0]

@@ -139,9 +139,10 @@ class AppendRouter:
     """Decides LOCAL or REMOTE per append batch; learns its coefficients from observed latencies."""
 
     model: ModelSpec | str
-    gpu: GpuSpec | str
+    gpu: GpuSpec | str  # D's: where LOCAL runs
     params: RouterParams = field(default_factory=RouterParams)
     forget: float = 0.98
+    prefill_gpu: GpuSpec | str | None = None  # P's, where REMOTE prefills (default: the same as D's)
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "params":  # costs are cached per shape; new coefficients invalidate them
@@ -151,10 +152,11 @@ class AppendRouter:
     def __post_init__(self) -> None:
         self.model = model_spec(self.model)
         self.gpu = gpu_spec(self.gpu)
+        self.prefill_gpu = gpu_spec(self.prefill_gpu) if self.prefill_gpu is not None else self.gpu
         self._last: dict[object, str] = {}
         self._local = _OnlineLeastSquares(3, [0.0, 1.0, 1.0], self.forget)
         self._remote = _OnlineLeastSquares(2, [0.0, 0.0], self.forget)
-        self._work_cache: dict[tuple[int, int, int], tuple[float, float]] = {}
+        self._work_cache: dict[tuple[int, int, int, bool], tuple[float, float]] = {}
 
     # -- the model -----------------------------------------------------------
     def _check(self, bs: int, L: int, m: int) -> None:
@@ -167,19 +169,20 @@ class AppendRouter:
         if L + m > limit:
             raise ValueError(f"L+m = {L + m} exceeds {self.model.name}'s context length {limit}")  # type: ignore[union-attr]
 
-    def rooflines_s(self, bs: int, L: int, m: int) -> tuple[float, float]:
-        """(W_lin, W_attn): each operator class's time at 100% of peak FLOP/s or HBM bandwidth."""
-        key = (bs, L, m)
+    def rooflines_s(self, bs: int, L: int, m: int, on_p: bool = False) -> tuple[float, float]:
+        """(W_lin, W_attn): each operator class's time at 100% of peak FLOP/s or HBM bandwidth, on D's
+        GPU or (on_p) on P's."""
+        key = (bs, L, m, on_p)
         if key not in self._work_cache:
             w = append_work(self.model, bs, L, m)  # type: ignore[arg-type]
-            g: GpuSpec = self.gpu  # type: ignore[assignment]
+            g: GpuSpec = self.prefill_gpu if on_p else self.gpu  # type: ignore[assignment]
             self._work_cache[key] = (max(w.flops_linear / g.peak_flops, w.bytes_weights / g.hbm_bytes_per_s),
                                      max(w.flops_attn / g.peak_flops, w.bytes_kv / g.hbm_bytes_per_s))
         return self._work_cache[key]
 
-    def work_s(self, bs: int, L: int, m: int) -> float:
+    def work_s(self, bs: int, L: int, m: int, on_p: bool = False) -> float:
         """Predicted compute time of the append, without the fixed cost c."""
-        lin, attn = self.rooflines_s(bs, L, m)
+        lin, attn = self.rooflines_s(bs, L, m, on_p)
         return self.params.s_lin * lin + self.params.s_attn * attn
 
     def kv_bytes(self, bs: int, tokens: int) -> float:
@@ -206,7 +209,7 @@ class AppendRouter:
                                   "interference": p.interference_weight * extra})
         remote = RouteCost(REMOTE, {
             "kv_L_to_P": 0.0 if p_holds_context else self.transfer_s(self.kv_bytes(bs, L)),
-            "overhead": p.c_s, "prefill_on_P": w,
+            "overhead": p.c_s, "prefill_on_P": w if self.prefill_gpu is self.gpu else self.work_s(bs, L, m, True),
             "kv_to_D": self.transfer_s(self.kv_bytes(bs, L + m)), "queue_at_P": p.queue_s,
         })
         return local, remote
@@ -241,7 +244,7 @@ class AppendRouter:
         elif path == REMOTE:
             p = self.params
             nbytes = self.kv_bytes(bs, L + m) + (0.0 if p_holds_context else self.kv_bytes(bs, L))
-            residual = y - (p.c_s + self.work_s(bs, L, m))
+            residual = y - (p.c_s + self.work_s(bs, L, m, on_p=True))
             self._remote.add([1.0, nbytes / 1e9], residual, 1 / (y * y))  # GB keeps the system well-conditioned
             fit = self._remote.solve()
             if fit is not None and fit[1] > 0:
@@ -333,9 +336,9 @@ def evaluate(policies: dict[str, Policy], truth: pd.DataFrame) -> pd.DataFrame:
 
 
 def trained_router(model: str | ModelSpec, gpu: str | GpuSpec, truth: pd.DataFrame,
-                   params: RouterParams | None = None) -> AppendRouter:
+                   params: RouterParams | None = None, prefill_gpu: str | GpuSpec | None = None) -> AppendRouter:
     """A router that has observed every (point, path) median of `truth`."""
-    router = AppendRouter(model, gpu, params or RouterParams(), forget=1.0)
+    router = AppendRouter(model, gpu, params or RouterParams(), forget=1.0, prefill_gpu=prefill_gpu)
     for bs, L, m, loc, rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
         router.observe(LOCAL, int(bs), int(L), int(m), float(loc))
     for bs, L, m, loc, rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
@@ -344,7 +347,8 @@ def trained_router(model: str | ModelSpec, gpu: str | GpuSpec, truth: pd.DataFra
 
 
 def compare_policies(model: str | ModelSpec, gpu: str | GpuSpec, truth: pd.DataFrame,
-                     params: RouterParams | None = None) -> dict[str, pd.DataFrame]:
+                     params: RouterParams | None = None,
+                     prefill_gpu: str | GpuSpec | None = None) -> dict[str, pd.DataFrame]:
     """Every policy on the grid (router trained on all points) and on a held-out half (odd m index)."""
     local_ms = {(int(r.bs), int(r.L), int(r.m)): float(r.local_ms) for r in truth.itertuples()}
     policies = fixed_policies(lambda bs, L, m: local_ms[(bs, L, m)])
@@ -352,12 +356,13 @@ def compare_policies(model: str | ModelSpec, gpu: str | GpuSpec, truth: pd.DataF
     def as_policy(router: AppendRouter) -> Policy:
         return lambda bs, L, m: router.decide(bs, L, m, p_holds_context=True).route
 
-    grid = evaluate({**policies, "append-router": as_policy(trained_router(model, gpu, truth, params))}, truth)
+    grid = evaluate({**policies, "append-router": as_policy(trained_router(model, gpu, truth, params, prefill_gpu))},
+                    truth)
     ms = sorted(truth["m"].unique())
     held = truth["m"].isin(ms[1::2])
     train, test = truth[~held], truth[held]
     out = {"grid": grid}
     if not train.empty and not test.empty:
-        router = trained_router(model, gpu, train, params)
+        router = trained_router(model, gpu, train, params, prefill_gpu)
         out["held_out"] = evaluate({**policies, "append-router": as_policy(router)}, test)
     return out

@@ -42,8 +42,14 @@ def exponent_table(rounds: pd.DataFrame) -> pd.DataFrame:
 
 
 def analyze(records: Iterable[dict[str, Any]], model: Any, gpu: Any, params: RouterParams | None = None) -> Study:
+    """`gpu` is D's; P's (heterogeneous P/D) comes from the REMOTE records' prefill_gpu."""
+    records = list(records)
+    prefill_gpus = {r["prefill_gpu"] for r in records if r.get("prefill_gpu")}
+    if len(prefill_gpus) > 1:
+        raise ValueError(f"records from {len(prefill_gpus)} prefill GPUs {sorted(prefill_gpus)}: analyze one setup")
     rounds = rounds_frame(records)
     cells = regime_table(rounds)
     truth = truth_table(cells) if not cells.empty else pd.DataFrame()
-    policies = compare_policies(model, gpu, truth, params) if not truth.empty else {}
+    policies = (compare_policies(model, gpu, truth, params, prefill_gpus.pop() if prefill_gpus else None)
+                if not truth.empty else {})
     return Study(rounds, cells, exponent_table(rounds), truth, policies)

@@ -47,6 +47,7 @@ class Settings:
     backend: str
     model: ModelSpec
     gpu: GpuSpec
+    prefill_gpu: GpuSpec | None = None  # P's GPU where it differs: the REMOTE path's floor uses it
     min_reps: int = 3
     max_reps: int = 10
     ci_target: float = 0.05
@@ -116,7 +117,8 @@ async def _round(client: StreamClient, wl: Workload, point: GridPoint, round_: i
 
 def _record(results: list[RequestResult], point: GridPoint, round_: int, target: Target, settings: Settings,
             started_at: float) -> Record:
-    floor = floor_ms(settings.model, settings.gpu, point.bs, point.L, point.m) / settings.n_gpus
+    hetero = settings.prefill_gpu if target.path == "remote" else None
+    floor = floor_ms(settings.model, hetero or settings.gpu, point.bs, point.L, point.m) / settings.n_gpus
     ttfts = [_ms(r.ttft_ns) for r in results]
     firsts = [r.event_ns[0] for r in results if r.event_ns]
     span = _ms(max(firsts) - min(r.sent_ns for r in results)) if len(firsts) == len(results) else None
@@ -130,7 +132,8 @@ def _record(results: list[RequestResult], point: GridPoint, round_: int, target:
         pool_tokens=target.pool_tokens, page_size=target.page_size)
     return Record(
         suite=settings.suite, backend=settings.backend, path=target.path, model=settings.model.name,
-        gpu=settings.gpu.name, bs=point.bs, L=point.L, m=point.m, cache_rate=point.cache_rate, round=round_,
+        gpu=settings.gpu.name, prefill_gpu=hetero.name if hetero else None,
+        bs=point.bs, L=point.L, m=point.m, cache_rate=point.cache_rate, round=round_,
         ttft_ms=ttfts, batch_latency_ms=batch, batch_span_ms=span, e2e_ms=[_ms(r.e2e_ns) for r in results],
         itl_ms_max=[_ms(max(r.itl_ns)) if r.itl_ns else None for r in results],
         prompt_tokens=[r.meta_info.get("prompt_tokens") for r in results],

@@ -47,6 +47,7 @@ class LaunchSpec:
     page_size: int | None = None
     api_key: str | None = None
     sim_gpu: str = "H100-SXM"
+    sim_prefill_gpu: str | None = None  # the prefill engine's GPU, when it differs (heterogeneous P/D)
     sim_link: str = "ib-ndr"
     sim_flags: tuple[str, ...] = ()
     extra_engine_args: tuple[str, ...] = field(default_factory=tuple)
@@ -81,7 +82,8 @@ def engine_argv(spec: LaunchSpec, eng: EngineLaunch) -> list[str]:
             argv += [flag, str(value)]
     argv += list(spec.extra_engine_args)
     if spec.backend == "sim":
-        argv += ["--sim-gpu", spec.sim_gpu, "--sim-link", spec.sim_link, *spec.sim_flags]
+        gpu = spec.sim_prefill_gpu if eng.role == "prefill" and spec.sim_prefill_gpu else spec.sim_gpu
+        argv += ["--sim-gpu", gpu, "--sim-link", spec.sim_link, *spec.sim_flags]
     return argv
 
 

@@ -45,6 +45,7 @@ class TopologyConfig:
     engine_args: tuple[str, ...] = ()
     max_total_tokens: int | None = None
     context_length: int | None = None
+    prefill_gpu: str | None = None  # sim: the prefill engine's GPU when it differs from gpu
 
     def validate(self) -> None:
         if self.backend not in ("sim", "sglang"):
@@ -55,6 +56,10 @@ class TopologyConfig:
             raise ConfigError(f"port {self.port} is out of range; use 1-65535")
         model_spec(self.model)
         gpu_spec(self.gpu)
+        if self.prefill_gpu is not None:
+            gpu_spec(self.prefill_gpu)
+            if self.backend != "sim":
+                raise ConfigError("a different prefill GPU is a sim setting; SGLang runs on the GPUs it finds")
         link_spec(self.link)
 
     def check_installed(self) -> None:
@@ -142,6 +147,7 @@ def plan(cfg: TopologyConfig, workdir: Path) -> Topology:
         backend=cfg.backend, model_path=model_path, host=cfg.host, tp_size=cfg.tp_size,
         load_format=load_format, transfer_backend=cfg.transfer_backend, api_key=cfg.api_key,
         sim_gpu=gpu_spec(cfg.gpu).name, sim_link=link_spec(cfg.link).name, sim_flags=cfg.sim_flags,
+        sim_prefill_gpu=gpu_spec(cfg.prefill_gpu).name if cfg.prefill_gpu else None,
         extra_engine_args=cfg.engine_args, max_total_tokens=cfg.max_total_tokens,
         context_length=cfg.context_length,
     )
