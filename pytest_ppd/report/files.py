@@ -85,8 +85,10 @@ def _md_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
 def report_md(stored: StoredRecords, points: pd.DataFrame, study: Study, comparison: list[str] | None) -> str:
     rounds = stored.rounds
     first = rounds[0] if rounds else {}
+    prefill = next((r["prefill_gpu"] for r in rounds if r.get("prefill_gpu")), None)
+    gpus = f"**{first.get('gpu')}**" + (f" (prefill on **{prefill}**)" if prefill else "")
     out = ["# pytest-ppd report\n",
-           f"Backend **{first.get('backend')}**, model **{first.get('model')}**, GPU **{first.get('gpu')}**; "
+           f"Backend **{first.get('backend')}**, model **{first.get('model')}**, GPU {gpus}; "
            f"versions {json.dumps(first.get('versions', {}))}. {len(rounds)} rounds, "
            f"{sum(r['valid'] for r in rounds)} valid.\n",
            "Every number below comes from valid rounds only: cache state proven per request, no errors, "
