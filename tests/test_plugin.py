@@ -87,8 +87,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,line", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_is_one_usage_line(pytester, args, line):
+def test_bad_input_is_one_usage_line(pytester, args, line, figures):
     """Each bad option gives exactly one line naming the option, exit code 4, no traceback."""
+    tried = figures.setdefault("bad plugin inputs handled / tried", [0, len(BAD)])
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -96,6 +97,7 @@ def test_bad_input_is_one_usage_line(pytester, args, line):
     assert len(errors) == 1, result.stderr.lines
     assert "Traceback" not in result.stderr.str() and "INTERNALERROR" not in result.stdout.str()
     result.stderr.fnmatch_lines([f"ERROR: {line}"])
+    tried[0] += 1
 
 
 def test_results_path_that_is_a_file_is_refused(pytester):
