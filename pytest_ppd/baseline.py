@@ -29,16 +29,13 @@ from typing import Any, Iterable
 import numpy as np
 from scipy import stats
 
-from pytest_ppd.analysis.regime import COMPUTE_FROM, OVERHEAD_BELOW
+from pytest_ppd.analysis.regime import COMPUTE_FROM, OVERHEAD_BELOW, REGIME_MARGIN
 from pytest_ppd.analysis.routing import clearly_faster
 from pytest_ppd.errors import ConfigError
 
 SCHEMA = 1
 DEFAULT_TOLERANCE = 0.10
 ALPHA = 0.05
-# A regime flip counts only when the new elasticity is clear of the thresholds (0.25, 0.75) by this much:
-# a cell sitting on a boundary flips with noise, which is not a change of regime.
-REGIME_MARGIN = 0.10
 # Likewise an exponent must move by more than this (beyond non-overlapping CIs): within-run bootstrap
 # CIs do not see run-to-run drift, and a 0.03 change of slope is no change of behaviour.
 EXPONENT_TOLERANCE = 0.10

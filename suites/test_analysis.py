@@ -13,7 +13,7 @@ def _records(ppd_session):
 
 def test_regimes_match_the_physics(ppd_study, ppd_expectations, ppd_session):
     """Each cell an expectation selects shows the expected regime (elasticity between adjacent m)."""
-    failures = check_cells(ppd_expectations, ppd_study.cells, _records(ppd_session))
+    failures = check_cells(ppd_expectations, ppd_study.cells, _records(ppd_session), ppd_study.rounds)
     assert not failures, "\n".join(failures)
 
 

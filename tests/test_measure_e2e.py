@@ -198,8 +198,8 @@ def test_a_changed_expectation_fails_with_expected_vs_measured(pytester):
     args[1] = f"--ppd-results={pytester.path / 'r2'}"
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=3, failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*bs1-L1024 m 16->32 [[]local[]]: expected compute (bs * m <= 64), measured overhead "
-                                 "with elasticity * ms over * valid rounds; records: *records.jsonl)*"])
+    result.stdout.fnmatch_lines(["*bs1-L1024 m 16->32 [[]local[]]: expected compute (bs * m <= 64), measured * "
+                                 "with elasticity *, 95% CI *..* ms over * valid rounds; records: *records.jsonl)*"])
 
 
 def test_heterogeneous_pd_gives_the_router_a_boundary_to_find(pytester):

@@ -21,6 +21,9 @@ import pandas as pd
 
 OVERHEAD_BELOW = 0.25
 COMPUTE_FROM = 0.75
+# A cell's regime differs from another (a baseline's, an expectation's) only when its elasticity is clear
+# of the thresholds by this much: a cell sitting on a boundary flips with noise, which is no change of regime.
+REGIME_MARGIN = 0.10
 REGIMES = ("overhead", "transition", "compute")
 
 
