@@ -128,7 +128,7 @@ topology.TopologyConfig.__init__ = _small
     result.stdout.fnmatch_lines(["*infeasible: bs4-L1024-m32: BS*(L+m) = 4224 tokens > *max_total_num_tokens = 2048*"])
 
 
-def test_kill_9_then_resume_loses_and_duplicates_nothing(pytester):
+def test_kill_9_then_resume_loses_and_duplicates_nothing(pytester, figures):
     """kill -9 mid-grid: servers die with it; --ppd-resume completes the grid, no round lost or repeated."""
     pytester.makepyfile(test_grid=SUITE)
     res = pytester.path / "res"
@@ -150,6 +150,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(pytester):
     deadline = time.monotonic() + 10
     while tagged_processes(token) and time.monotonic() < deadline:
         time.sleep(0.2)
+    figures["processes left 10 s after SIGKILL of pytest mid-grid"] = len(tagged_processes(token))
     assert tagged_processes(token) == [], "servers outlived a kill -9 of pytest"
     resumed = subprocess.run(args + ["--ppd-resume"], cwd=pytester.path, env=env, capture_output=True, text=True,
                              timeout=300)

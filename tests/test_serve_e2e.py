@@ -123,7 +123,7 @@ def test_busy_port_is_one_clear_error(tmp_path):
     assert err.strip().count("\n") == 0 and f"port {port}" in err and "in use" in err
 
 
-def test_child_dying_at_startup_reports_its_log(tmp_path):
+def test_child_dying_at_startup_reports_its_log(tmp_path, figures):
     """A bad --sim-* flag makes the engine exit: one error with the engine's own message."""
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     proc = _ppd("serve", "--topology", "colocated", "--port", str(_free_port()), "--workdir", str(tmp_path),
@@ -131,6 +131,7 @@ def test_child_dying_at_startup_reports_its_log(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "exited during start-up" in err and "unknown GPU 'TPU'" in err
+    figures["processes left after a launch failure (bad flag)"] = len(tagged_processes(token))
     assert tagged_processes(token) == []
 
 
