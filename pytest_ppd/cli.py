@@ -151,7 +151,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     coeffs = ", ".join(f"{k}={getattr(profile, k):.4g}" for k in FITTED)
     print(f"{len(fit.points)} points of {fit.model} on {fit.gpu}: median |error| {fit.median_abs_error:.1%}, "
           f"max {fit.max_abs_error:.1%}; {coeffs}")
-    print(f"profile -> {out}  (use it: --ppd-sim-args=\"--sim-profile={out}\" or ppd serve --sim-flag=--sim-profile={out})")
+    print(f"profile -> {out}  (use it: --ppd-sim-args=\"--sim-profile={out}\" "
+          f"or ppd serve --sim-flag=--sim-profile={out})")
     return 0
 
 
