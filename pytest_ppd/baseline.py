@@ -180,7 +180,7 @@ def compare_study(baseline: dict[str, Any], study: Any, exponent_tolerance: floa
             key = f"bs{r.bs}-L{r.L}-m{r.m}"
             if key not in routes or routes[key] == r.oracle:
                 continue
-            clear, evidence = clearly_faster(getattr(study, "rounds", None), r.bs, r.L, r.m, r.oracle)
+            clear, evidence = clearly_faster(study.rounds, r.bs, r.L, r.m, r.oracle)
             text = (f"route of {key} flipped: {routes[key]} -> {r.oracle} "
                     f"(local {r.local_ms:.2f} ms, remote {r.remote_ms:.2f} ms{evidence})")
             out.append(Finding(key, "regression", text) if clear else

@@ -217,15 +217,13 @@ def ppd_expectations(request: pytest.FixtureRequest, ppd_session: PpdSession) ->
 
 def _gate_settings(request: pytest.FixtureRequest, ppd_session: PpdSession) -> "GateSettings":
     """The expectations file's [baseline] section; the defaults when this backend/GPU/model has no file."""
-    from pytest_ppd.expectations import GateSettings
+    from pytest_ppd.expectations import GateSettings, NoExpectationsFile
 
     directory = ppd_session.config.expectations or Path(str(request.node.path)).parent / "expectations"
     try:
         return ppd_session.expectations(Path(directory)).gate
-    except ConfigError as exc:
-        if str(exc).startswith("no expectations file"):
-            return GateSettings()
-        raise
+    except NoExpectationsFile:
+        return GateSettings()
 
 
 def _gate_against_baseline(request: pytest.FixtureRequest, ppd_session: PpdSession, point: GridPoint, path: str,

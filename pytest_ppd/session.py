@@ -78,6 +78,7 @@ class PpdSession:
     _measured: dict[tuple[GridPoint, str], PointOutcome] = field(default_factory=dict)
     _last_row: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     _study: Any = None
+    _expectations: dict[Path, Any] = field(default_factory=dict)  # loaded files, by path (read once)
     _suspect: bool = False  # the last point failed: check the servers before the next one
     _baseline: dict[str, Any] | None = None
     _study_n: int = 0
@@ -207,8 +208,11 @@ class PpdSession:
             backends = {r.get("backend") for r in self.records()}
             backend = backends.pop() if len(backends) == 1 else "replay"
         c = self.config
-        return load(expectations_file(backend, c.gpu.name, c.model.name, directory,
-                                      c.prefill_gpu.name if c.prefill_gpu else None))
+        path = expectations_file(backend, c.gpu.name, c.model.name, directory,
+                                 c.prefill_gpu.name if c.prefill_gpu else None)
+        if path not in self._expectations:
+            self._expectations[path] = load(path)
+        return self._expectations[path]
 
     # -- baselines ---------------------------------------------------------------
     def identity(self) -> dict[str, Any]:

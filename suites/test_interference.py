@@ -1,40 +1,59 @@
 """Interference: the p99 inter-token latency of background decode streams while an append runs LOCAL.
 
-Measured for the grid's largest cells (most new tokens per batch), where seed 000
-saw "severe interference". Physics: prefill runs ahead of decode steps, so the
-decoders stall for about as long as the append's prefill takes.
+Measured for the grid's largest cells that fit the LOCAL server's KV pool (most new tokens per
+batch), where seed 000 saw "severe interference". Physics: prefill runs ahead of decode steps, so
+the decoders stall for about as long as the append's prefill takes. Under --ppd-backend=replay the
+same assertions run over the interference records the replayed file holds.
 """
 
 import pytest
 
 from pytest_ppd.client.interference import measure_interference
 from pytest_ppd.client.workload import Workload
+from pytest_ppd.errors import PpdError
+from pytest_ppd.plugin import SESSION_KEY
+from pytest_ppd.records import RecordStore
 
 
-def _largest(grid, k=2):
-    return sorted(grid, key=lambda p: (p.bs * p.m, p.bs * p.L))[-k:]
+def pytest_generate_tests(metafunc):
+    if "interference_case" not in metafunc.fixturenames:
+        return
+    config = metafunc.config.stash[SESSION_KEY].config
+    if config.backend == "replay":
+        stored = [r for r in RecordStore.read(config.replay).other if r.get("kind") == "interference"]
+        metafunc.parametrize("interference_case", stored, ids=[f"bs{r['bs']}-L{r['L']}-m{r['m']}" for r in stored])
+    else:
+        metafunc.parametrize("interference_case", [0, 1], ids=["largest", "second"])
 
 
-@pytest.mark.parametrize("rank", [0, 1], ids=["largest", "second"])
-def test_interference_tracks_the_append(rank, ppd_session):
+def _measure(rank, ppd_session):
     config = ppd_session.config
-    if config.backend in ("replay", "external") and "local" not in (config.urls or {}):
-        pytest.skip("interference needs a live LOCAL server")
-    points = _largest(config.grid)
-    point = points[-1 - rank] if rank < len(points) else points[0]
-    target = ppd_session.target("local")
-    if target.pool_tokens is not None and point.total_tokens > target.pool_tokens:
-        pytest.skip(f"{point.id} is infeasible on this pool")
+    try:
+        target = ppd_session.target("local")
+    except PpdError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    pool = target.pool_tokens
+    feasible = [p for p in config.grid if pool is None or p.total_tokens <= pool]
+    if not feasible:
+        pytest.fail(f"no grid point fits the LOCAL server's {pool}-token KV pool", pytrace=False)
+    ranked = sorted(feasible, key=lambda p: (p.bs * p.m, p.bs * p.L), reverse=True)
+    point = ranked[min(rank, len(ranked) - 1)]
     wl = Workload(point, config.model.vocab_size, seed=7, path="interference")
     result, latency_ms = measure_interference(target.url, wl, api_key=target.api_key)
-    ppd_session.store.append_json("interference", {
-        "bs": point.bs, "L": point.L, "m": point.m, "path": "local", "append_latency_ms": latency_ms,
-        "p99_itl_before_ms": result.p99_before_ms, "p99_itl_during_ms": result.p99_during_ms,
-        "delta_ms": result.delta_ms, "score": result.score, "n_before": result.n_before,
-        "n_during": result.n_during})
+    record = {"bs": point.bs, "L": point.L, "m": point.m, "path": "local", "append_latency_ms": latency_ms,
+              "p99_itl_before_ms": result.p99_before_ms, "p99_itl_during_ms": result.p99_during_ms,
+              "delta_ms": result.delta_ms, "score": result.score, "n_before": result.n_before,
+              "n_during": result.n_during}
+    ppd_session.store.append_json("interference", record)
     ppd_session.note(f"interference {point.id}: p99 ITL {result.p99_before_ms:.1f} -> {result.p99_during_ms:.1f} ms "
-                     f"(delta {result.delta_ms:.1f} ms, score {result.score:.2f}) while the append took {latency_ms:.1f} ms")
-    assert result.delta_ms >= 0
-    assert 0.0 <= result.score < 1.0
+                     f"(delta {result.delta_ms:.1f} ms, score {result.score:.2f}) while the append took "
+                     f"{latency_ms:.1f} ms")
+    return record
+
+
+def test_interference_tracks_the_append(interference_case, ppd_session):
+    record = interference_case if isinstance(interference_case, dict) else _measure(interference_case, ppd_session)
+    assert record["delta_ms"] >= 0
+    assert 0.0 <= record["score"] < 1.0
     # The decoders stall while the prefill runs: the worst gap covers most of the append.
-    assert result.p99_during_ms >= 0.5 * latency_ms
+    assert record["p99_itl_during_ms"] >= 0.5 * record["append_latency_ms"]
