@@ -70,9 +70,9 @@ class Expectations:
 
 
 def expectations_file(backend: str, gpu: str, model: str, directory: Path, prefill_gpu: str | None = None) -> Path:
-    """sim-H100-SXM-Llama-3.1-8B.toml for the sim; H100-SXM-Llama-3.1-8B.toml for measured hardware;
-    ...-prefill-B200.toml when P runs on other hardware than D."""
-    prefix = "sim-" if backend == "sim" else ""
+    """sim-H100-SXM-Llama-3.1-8B.toml for the served sim, virtual-... for the virtual one;
+    H100-SXM-Llama-3.1-8B.toml for measured hardware; ...-prefill-B200.toml when P runs on other hardware."""
+    prefix = f"{backend}-" if backend in ("sim", "virtual") else ""
     suffix = f"-prefill-{prefill_gpu}" if prefill_gpu and prefill_gpu != gpu else ""
     return directory / f"{prefix}{gpu}-{model}{suffix}.toml"
 

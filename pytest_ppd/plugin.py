@@ -32,7 +32,8 @@ _OLD_SIGTERM = pytest.StashKey[Any]()
 
 # name, metavar, default, help; each also an ini key ppd_<name with underscores>
 OPTIONS: list[tuple[str, str, str | None, str]] = [
-    ("backend", "NAME", "sim", "sim, sglang, external or replay"),
+    ("backend", "NAME", "virtual", "virtual (modeled GPU time, in-process), sim (served engines behind the real "
+     "sglang-router), sglang, external or replay"),
     ("grid", "GRID", "smoke", GRID_SYNTAX),
     ("model", "MODEL", "Llama-3.1-8B", "built-in model name or a path to a HF config.json / model dir"),
     ("gpu", "GPU", "H100-SXM", "GPU the floor and the sim use (H100-SXM, H100-PCIe, H200, A100-80GB, B200, L40S)"),
@@ -128,9 +129,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     c = s.config
     v = s.versions()
     gpus = c.gpu.name if c.prefill_gpu is None else f"{c.gpu.name} prefill_gpu={c.prefill_gpu.name}"
-    return (f"ppd: backend={c.backend} model={c.model.name} gpu={gpus} grid={c.grid_name} "
+    header = (f"ppd: backend={c.backend} model={c.model.name} gpu={gpus} grid={c.grid_name} "
             f"({len(c.grid)} points) reps={c.reps}..{c.max_reps} ci={c.ci:g} "
             f"sglang={v['sglang']} sglang-router={v['sglang_router']}")
+    return [header, f"ppd: backend {c.backend}: {c.backend_why}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -82,6 +82,7 @@ class PpdSession:
     _suspect: bool = False  # the last point failed: check the servers before the next one
     _baseline: dict[str, Any] | None = None
     _study_n: int = 0
+    _deployments: dict[str, Any] = field(default_factory=dict)  # virtual backend: path -> Deployment
 
     @property
     def results_dir(self) -> Path:
@@ -98,7 +99,7 @@ class PpdSession:
 
     def versions(self) -> dict[str, str]:
         return {"pytest_ppd": __version__, "sglang_router": _version("sglang-router"),
-                "sglang": _version("sglang") if self.config.backend == "sglang" else "sim"}
+                "sglang": _version("sglang") if self.config.backend == "sglang" else self.config.backend}
 
     def settings(self, suite: str) -> Settings:
         c = self.config
@@ -136,12 +137,11 @@ class PpdSession:
             return self._targets[path]
         if self.config.backend == "external":
             return self._external_target(path)
+        if self.config.backend == "virtual":
+            return self._virtual_target(path)
         self.stop_topology()  # one topology at a time on a shared GPU
         c = self.config
-        topo_cfg = TopologyConfig(backend=c.backend, kind=TOPOLOGY_OF_PATH[path], model=c.model_arg,
-                                  gpu=c.gpu.name, api_key=c.api_key, sim_flags=c.sim_args,
-                                  prefill_gpu=c.prefill_gpu.name if c.prefill_gpu else None)
-        topo = plan(topo_cfg, self.results_dir / "servers" / path)
+        topo = plan(self._topology_config(path), self.results_dir / "servers" / path)
         self._topology = start(topo)
         engines = topo.prefill + topo.decode if path == "remote" else [topo.entry_url]
         infos = [_server_info(url, c.api_key) for url in engines]
@@ -155,6 +155,43 @@ class PpdSession:
                         server_argv=tuple(tuple(_masked(a)) for a in topo.argvs()), versions=versions)
         self._targets = {path: target}
         return target
+
+    def _topology_config(self, path: str) -> TopologyConfig:
+        c = self.config
+        return TopologyConfig(backend="sim" if c.backend == "virtual" else c.backend, kind=TOPOLOGY_OF_PATH[path],
+                              model=c.model_arg, gpu=c.gpu.name, api_key=c.api_key, sim_flags=c.sim_args,
+                              prefill_gpu=c.prefill_gpu.name if c.prefill_gpu else None)
+
+    def _virtual_target(self, path: str) -> Target:
+        """In-process engines on a virtual clock: both paths can live side by side (no GPU to share)."""
+        from pytest_ppd.servers.virtual import virtual_topology
+
+        dep, argvs = virtual_topology(self._topology_config(path))
+        self._deployments[path] = dep
+        target = Target(path=path, url=f"virtual://{TOPOLOGY_OF_PATH[path]}", flush_urls=(),
+                        pool_tokens=dep.pool_tokens, page_size=dep.page_size,
+                        server_argv=tuple(tuple(_masked(a)) for a in argvs), versions=self.versions())
+        self._targets[path] = target
+        return target
+
+    def driver(self, path: str) -> Any:
+        """How a measurement reaches the path's servers: None for HTTP, a VirtualDriver on virtual."""
+        if path not in self._deployments:
+            return None
+        from pytest_ppd.client.virtual import VirtualDriver
+
+        return VirtualDriver(self._deployments[path])
+
+    def measure_interference(self, wl: Any) -> tuple[Any, float]:
+        """Background decode streams on the LOCAL server while one round of wl's appends runs there."""
+        target = self.target("local")
+        if "local" in self._deployments:
+            from pytest_ppd.client.virtual import measure_interference_virtual
+
+            return measure_interference_virtual(self._deployments["local"], wl)
+        from pytest_ppd.client.interference import measure_interference
+
+        return measure_interference(target.url, wl, api_key=target.api_key)
 
     def _external_target(self, path: str) -> Target:
         urls = self.config.urls or {}
@@ -282,7 +319,7 @@ class PpdSession:
             keep = in_grid and self._last_row.get(path) == (point.bs, point.L)
             try:
                 outcome = measure_point(target, point, self.settings(suite), self.store, flush=not keep,
-                                        slot=row.index(point) if in_grid else 0)
+                                        slot=row.index(point) if in_grid else 0, driver=self.driver(path))
             except BaseException:
                 self._suspect = True
                 self._last_row[path] = None

@@ -8,7 +8,6 @@ same assertions run over the interference records the replayed file holds.
 
 import pytest
 
-from pytest_ppd.client.interference import measure_interference
 from pytest_ppd.client.workload import Workload
 from pytest_ppd.errors import PpdError
 from pytest_ppd.plugin import SESSION_KEY
@@ -39,7 +38,10 @@ def _measure(rank, ppd_session):
     ranked = sorted(feasible, key=lambda p: (p.bs * p.m, p.bs * p.L), reverse=True)
     point = ranked[min(rank, len(ranked) - 1)]
     wl = Workload(point, config.model.vocab_size, seed=7, path="interference")
-    result, latency_ms = measure_interference(target.url, wl, api_key=target.api_key)
+    try:
+        result, latency_ms = ppd_session.measure_interference(wl)
+    except PpdError as exc:
+        pytest.fail(f"interference {point.id}: {exc}", pytrace=False)
     record = {"bs": point.bs, "L": point.L, "m": point.m, "path": "local", "append_latency_ms": latency_ms,
               "p99_itl_before_ms": result.p99_before_ms, "p99_itl_during_ms": result.p99_during_ms,
               "delta_ms": result.delta_ms, "score": result.score, "n_before": result.n_before,

@@ -13,6 +13,7 @@ from pytest_ppd.analysis.interference import Interference, measure_from_stamps
 from pytest_ppd.client.runner import _round, _warm
 from pytest_ppd.client.stream import RequestResult, StreamClient, build_body
 from pytest_ppd.client.workload import Workload
+from pytest_ppd.errors import MeasurementError
 
 BACKGROUND_PROMPT = 256
 
@@ -39,7 +40,7 @@ async def measure_interference_async(url: str, wl: Workload, *, background: int 
         await asyncio.gather(*streams, return_exceptions=True)
     stamps = [h.event_ns for h in holders if len(h.event_ns) > 1]
     if not stamps:
-        raise RuntimeError("background streams produced no tokens")
+        raise MeasurementError("background streams produced no tokens")
     latency = max((r.ttft_ns or 0) for r in results) / 1e6
     return measure_from_stamps(stamps, start, end), latency
 

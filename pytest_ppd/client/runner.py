@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pytest_ppd.analysis.roofline import floor_ms
 from pytest_ppd.analysis.stats import Summary, summarize
@@ -168,25 +168,66 @@ def _enough(valid_ms: list[float], total: int, settings: Settings) -> bool:
     return summarize(valid_ms).ci_rel_width <= settings.ci_target
 
 
+class HttpDriver:
+    """The protocol's three moves over HTTP: flush the servers, warm contexts, send a round."""
+
+    def __init__(self, target: Target, timeout_s: float) -> None:
+        self.target, self.timeout_s = target, timeout_s
+        self._client: StreamClient | None = None
+
+    async def __aenter__(self) -> "HttpDriver":
+        self._client = await StreamClient(self.target.url, api_key=self.target.api_key,
+                                          timeout_s=self.timeout_s).__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._client is not None
+        await self._client.__aexit__(*exc)
+
+    async def flush(self) -> None:
+        assert self._client is not None
+        await _flush(self._client, self.target.flush_urls)
+
+    async def warm(self, wl: Workload, point: GridPoint) -> None:
+        assert self._client is not None
+        await _warm(self._client, wl, point)
+
+    async def round(self, wl: Workload, point: GridPoint, round_: int, max_new: int) -> list[RequestResult]:
+        assert self._client is not None
+        return await _round(self._client, wl, point, round_, max_new)
+
+
+class Driver(Protocol):
+    """What the protocol needs of a backend (HttpDriver; client.virtual.VirtualDriver)."""
+
+    async def __aenter__(self) -> Any: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    async def flush(self) -> None: ...
+    async def warm(self, wl: Workload, point: GridPoint) -> None: ...
+    async def round(self, wl: Workload, point: GridPoint, round_: int, max_new: int) -> list[RequestResult]: ...
+
+
 async def measure_point_async(target: Target, point: GridPoint, settings: Settings,
-                              store: RecordStore, flush: bool = True, slot: int = 0) -> PointOutcome:
+                              store: RecordStore, flush: bool = True, slot: int = 0,
+                              driver: Driver | None = None) -> PointOutcome:
     """flush=False keeps the cache of the previous point of the same (BS, L), whose contexts are these;
-    slot (the point's index in its row) keeps its appends' first ids apart from the other points'."""
+    slot (the point's index in its row) keeps its appends' first ids apart from the other points'.
+    driver: how requests reach the servers (default: HTTP to target.url)."""
     previous = store.rounds_for(point.bs, point.L, point.m, target.path)
     records: list[dict[str, Any]] = list(previous)
     wl = Workload(point, settings.model.vocab_size, settings.seed, target.path, slot=slot,
                   rounds_cap=settings.max_reps)
-    async with StreamClient(target.url, api_key=target.api_key, timeout_s=settings.timeout_s) as client:
+    async with driver or HttpDriver(target, settings.timeout_s) as drv:
         if flush:
-            await _flush(client, target.flush_urls)
-        await _warm(client, wl, point)  # a no-op prefill of 1 token when the context is cached
+            await drv.flush()
+        await drv.warm(wl, point)  # a no-op prefill of 1 token when the context is cached
         round_ = max((r["round"] for r in previous), default=-1) + 1
         pressure = _under_pressure(point, target.pool_tokens)
         while not _enough([r["batch_latency_ms"] for r in records if r["valid"]], len(records), settings):
             if pressure and round_ > 0:
-                await _warm(client, wl, point)  # see _under_pressure
+                await drv.warm(wl, point)  # see _under_pressure
             started = time.time()
-            results = await _round(client, wl, point, round_, settings.max_new_tokens)
+            results = await drv.round(wl, point, round_, settings.max_new_tokens)
             record = _record(results, point, round_, target, settings, started)
             store.append(record)
             records.append(json.loads(record.to_json()))
@@ -197,6 +238,6 @@ async def measure_point_async(target: Target, point: GridPoint, settings: Settin
 
 
 def measure_point(target: Target, point: GridPoint, settings: Settings, store: RecordStore,
-                  flush: bool = True, slot: int = 0) -> PointOutcome:
+                  flush: bool = True, slot: int = 0, driver: Driver | None = None) -> PointOutcome:
     """Blocking wrapper for pytest tests."""
-    return asyncio.run(measure_point_async(target, point, settings, store, flush, slot))
+    return asyncio.run(measure_point_async(target, point, settings, store, flush, slot, driver))

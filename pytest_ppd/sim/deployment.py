@@ -1,0 +1,358 @@
+"""A P/D deployment in virtual time: engines, KV links, the router and its clients in one process.
+
+The one discrete-event simulator of pytest-ppd. Each engine is the sim's own
+``Engine`` core (radix cache, scheduler, chunked prefill, token pool, cost
+model); the loop around them orders events by (time, kind, sequence) on an
+integer-nanosecond clock and knows nothing of cost. No threads, sockets or
+sleeping: the same submissions give bit-identical times on any machine.
+
+    dep = Deployment.from_argvs(prefill=[p_argv], decode=[d_argv])   # P/D behind a router
+    req = dep.submit(ids, max_new_tokens=1)                          # at dep.now_ns
+    dep.run()                                                        # until nothing is left to do
+    req.ttft_ns, req.meta_info["cached_tokens"]
+
+What a request goes through, as in the served sim (``sim/server.py``, ``sim/pd.py``):
+- colocated: the engine's per-request overhead (``request_overhead_s``), then its queue and steps;
+- P/D: the router sends it to one prefill and one decode engine at once (round robin each);
+  both spend their per-request overhead; decode waits for the prefill to finish, then moves the
+  KV decode lacks over its link (bandwidth + latency, one transfer at a time per link, so
+  concurrent hand-offs queue), plus ``bootstrap_s`` per hand-off; the first decode step emits
+  the token the prefill computed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.sim.args import SimConfig, resolve
+from pytest_ppd.sim.costmodel import CostModel, CostProfile
+from pytest_ppd.sim.engine import Batch, Engine, SimRequest
+
+NS = 1_000_000_000
+# Event kinds, in the order they happen when due at the same instant.
+_ADD, _KV_READY, _STEP_DONE, _CALL = 0, 1, 2, 3
+
+
+def to_ns(seconds: float) -> int:
+    return int(round(seconds * NS))
+
+
+@dataclass(eq=False)
+class Request:
+    """A client's view of one request: exact ids in, token times and SGLang's meta_info out."""
+
+    rid: str
+    input_ids: list[int]
+    max_new_tokens: int
+    sent_ns: int
+    token_ns: list[int] = field(default_factory=list)  # when each output token reached the client
+    output_ids: list[int] = field(default_factory=list)
+    done_ns: int | None = None
+    error: str | None = None
+    meta_info: dict[str, Any] = field(default_factory=dict)
+    prefill: str | None = None  # engine names the router chose
+    engine: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.done_ns is not None
+
+    @property
+    def ttft_ns(self) -> int | None:
+        """TTFT = first token at the client - request sent."""
+        return self.token_ns[0] - self.sent_ns if self.token_ns else None
+
+
+@dataclass(eq=False)
+class Node:
+    """One engine of the deployment and the KV link into it (decode side)."""
+
+    name: str
+    role: str  # "colocated" | "prefill" | "decode"
+    cfg: SimConfig
+    engine: Engine
+    overhead_ns: int
+    bootstrap_ns: int = 0
+    busy: bool = False
+    link_free_ns: int = 0
+    steps: int = 0
+    slow_prompts: dict[int, float] = field(default_factory=dict)
+
+    def transfer_ns(self, tokens: int) -> int:
+        return to_ns(self.cfg.link.transfer_s(tokens * self.cfg.model.kv_bytes_per_token)) + self.bootstrap_ns
+
+
+def _node(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:
+    args = cfg.args
+    profile = CostProfile.load(args.sim_profile) if args.sim_profile else CostProfile()
+    if args.sim_slowdown != 1.0:
+        profile = CostProfile(**{**profile.__dict__, "slowdown": args.sim_slowdown})
+    engine = Engine(CostModel(cfg.model, cfg.gpu, profile, tp_size=args.tp_size), cfg.pool_tokens,
+                    mode=args.disaggregation_mode, chunked_prefill_size=cfg.chunked_prefill_size,
+                    max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
+                    disable_radix_cache=args.disable_radix_cache)
+    role = args.disaggregation_mode if args.disaggregation_mode != "null" else "colocated"
+    if cfg.faults:
+        raise ConfigError("--sim-fault needs served engines: faults are injected into HTTP servers; "
+                          "use --ppd-backend=sim for fault studies")
+    return Node(name, role, cfg, engine, to_ns(profile.request_overhead_s), to_ns(bootstrap_s),
+                slow_prompts=dict(cfg.slow_prompts))
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One request in the deployment: its client handle and its engine-side requests."""
+
+    handle: Request
+    serving: Node  # the engine that streams the answer (colocated or decode)
+    prefill: Node | None = None
+    sim: SimRequest | None = None  # on the serving engine
+    p_sim: SimRequest | None = None  # on the prefill engine
+    prefill_done_ns: int | None = None
+    prefill_result: SimRequest | None = None
+    decode_ready_ns: int | None = None
+    stretch_ns: int | None = None
+    added_ns: int = 0  # when the serving engine got it (after its overhead, or after the KV arrived)
+
+
+class Deployment:
+    """Engines, links and a router on one virtual clock; see the module docstring."""
+
+    def __init__(self, *, colocated: Sequence[SimConfig] = (), prefill: Sequence[SimConfig] = (),
+                 decode: Sequence[SimConfig] = (), bootstrap_s: float = 0.0) -> None:
+        if colocated and (prefill or decode):
+            raise ConfigError("a deployment is colocated engines or prefill + decode engines, not both")
+        if bool(prefill) != bool(decode):
+            raise ConfigError("a P/D deployment needs at least one prefill and one decode engine")
+        if not (colocated or prefill):
+            raise ConfigError("a deployment needs engines: colocated=[...] or prefill=[...] and decode=[...]")
+        self.colocated = [_node(f"colocated{i}", c, bootstrap_s) for i, c in enumerate(colocated)]
+        self.prefill = [_node(f"prefill{i}", c, bootstrap_s) for i, c in enumerate(prefill)]
+        self.decode = [_node(f"decode{i}", c, bootstrap_s) for i, c in enumerate(decode)]
+        for group, role in ((self.colocated, "colocated"), (self.prefill, "prefill"), (self.decode, "decode")):
+            wrong = [n.name for n in group if n.role != role]
+            if wrong:
+                raise ConfigError(f"{wrong[0]}: its argv sets --disaggregation-mode for another role than {role}")
+        self.nodes = self.colocated + self.prefill + self.decode
+        self.now_ns = 0
+        self.events = 0  # processed, for events-per-second benchmarks
+        self._heap: list[tuple[int, int, int, Any]] = []
+        self._seq = itertools.count()
+        self._rr = {"colocated": itertools.count(), "prefill": itertools.count(), "decode": itertools.count()}
+        self._flights: dict[int, _Flight] = {}  # id(SimRequest) -> flight
+        self._rids = itertools.count()
+
+    @classmethod
+    def from_argvs(cls, *, colocated: Sequence[Sequence[str]] = (), prefill: Sequence[Sequence[str]] = (),
+                   decode: Sequence[Sequence[str]] = (), bootstrap_s: float = 0.0) -> "Deployment":
+        """Engines configured by the sim's command line (SGLang's flags + --sim-*), exactly as served."""
+        def parse(argvs: Sequence[Sequence[str]]) -> list[SimConfig]:
+            return [resolve(list(a)) for a in argvs]
+        return cls(colocated=parse(colocated), prefill=parse(prefill), decode=parse(decode),
+                   bootstrap_s=bootstrap_s)
+
+    # -- what clients see -------------------------------------------------------
+    @property
+    def entry(self) -> list[Node]:
+        """The engines whose pools hold a conversation's context (colocated, or prefill)."""
+        return self.colocated or self.prefill
+
+    @property
+    def pool_tokens(self) -> int:
+        return min(n.cfg.pool_tokens for n in self.nodes)
+
+    @property
+    def page_size(self) -> int:
+        return self.nodes[0].cfg.page_size
+
+    def idle(self) -> bool:
+        return not self._flights and all(n.engine.idle() and not n.busy for n in self.nodes)
+
+    def flush(self) -> bool:
+        """Empty every engine's prefix cache; refused (False) while anything is in flight."""
+        if not self.idle():
+            return False
+        for node in self.nodes:
+            node.engine.flush()
+        return True
+
+    def submit(self, input_ids: Sequence[int], max_new_tokens: int, *, at_ns: int | None = None,
+               rid: str | None = None) -> Request:
+        """Send one request (at ``at_ns``, default now); the router picks its engines."""
+        at = self.now_ns if at_ns is None else at_ns
+        if at < self.now_ns:
+            raise ValueError(f"cannot send at {at} ns: the clock is already at {self.now_ns} ns")
+        handle = Request(rid or f"v{next(self._rids)}", list(input_ids), max_new_tokens, at)
+        group = self.colocated or self.decode
+        serving = group[next(self._rr["colocated" if self.colocated else "decode"]) % len(group)]
+        prefill = self.prefill[next(self._rr["prefill"]) % len(self.prefill)] if self.prefill else None
+        handle.engine, handle.prefill = serving.name, prefill.name if prefill else None
+        problem = self._refusal(handle, prefill or serving)
+        if problem:
+            handle.error, handle.done_ns = problem, at
+            return handle
+        flight = _Flight(handle, serving, prefill)
+        if max_new_tokens == 0:
+            handle.done_ns = at
+            handle.meta_info = {"prompt_tokens": len(handle.input_ids), "completion_tokens": 0,
+                                "cached_tokens": 0, "finish_reason": {"type": "length", "length": 0}}
+            return handle
+        if prefill is not None:
+            flight.p_sim = SimRequest(handle.rid, handle.input_ids, max_new_tokens, arrival_s=at / NS)
+            self._flights[id(flight.p_sim)] = flight
+            self._push(at + prefill.overhead_ns, _ADD, (prefill, flight.p_sim))
+            self._push(at + serving.overhead_ns, _KV_READY, (flight, "decode-ready"))
+        else:
+            flight.sim = SimRequest(handle.rid, handle.input_ids, max_new_tokens, arrival_s=at / NS)
+            self._flights[id(flight.sim)] = flight
+            self._push(at + serving.overhead_ns, _ADD, (serving, flight.sim))
+        return handle
+
+    @staticmethod
+    def _refusal(handle: Request, node: Node) -> str | None:
+        """SGLang's 400s for a request that can never run (what the served sim answers)."""
+        n = len(handle.input_ids)
+        if n == 0:
+            return "ValueError: input_ids is empty"
+        if handle.max_new_tokens < 0:
+            return "ValueError: max_new_tokens must be at least 0"
+        if n + handle.max_new_tokens > node.cfg.context_length:
+            return (f"ValueError: the input ({n} tokens) plus max_new_tokens is longer than the model's "
+                    f"context length ({node.cfg.context_length} tokens)")
+        if n >= node.cfg.pool_tokens:
+            return f"ValueError: the input ({n} tokens) does not fit the KV pool ({node.cfg.pool_tokens} tokens)"
+        bad = [t for t in handle.input_ids if not 0 <= t < node.cfg.model.vocab_size]
+        if bad:
+            return f"ValueError: token id {bad[0]} is outside the vocabulary (0..{node.cfg.model.vocab_size - 1})"
+        return None
+
+    def abort(self, handle: Request) -> None:
+        """The client went away: drop the request wherever it is (its KV is not cached)."""
+        for key, flight in list(self._flights.items()):
+            if flight.handle is handle:
+                del self._flights[key]
+                if flight.prefill is not None and flight.p_sim is not None:
+                    flight.prefill.engine.abort(flight.p_sim)
+                if flight.sim is not None:
+                    flight.serving.engine.abort(flight.sim)
+        if handle.done_ns is None:
+            handle.done_ns, handle.error = self.now_ns, "aborted by the client"
+
+    def call_at(self, at_ns: int, fn: Callable[[], None]) -> None:
+        """Run fn at a virtual time (a client's next action: a new round, a settle time...)."""
+        self._push(at_ns, _CALL, fn)
+
+    # -- the loop -------------------------------------------------------------------
+    def _push(self, at_ns: int, kind: int, payload: Any) -> None:
+        heapq.heappush(self._heap, (at_ns, kind, next(self._seq), payload))
+
+    def run(self, until_ns: int | None = None, *, until: Callable[[], bool] | None = None) -> int:
+        """Process events up to ``until_ns`` (default: all) or until ``until()`` holds; the time reached."""
+        while self._heap and (until_ns is None or self._heap[0][0] <= until_ns):
+            if until is not None and until():
+                return self.now_ns
+            when = self._heap[0][0]
+            self.now_ns = when
+            # Everything due at this instant happens before any engine looks (simultaneous arrivals batch).
+            while self._heap and self._heap[0][0] == when:
+                _, kind, _, payload = heapq.heappop(self._heap)
+                self.events += 1
+                if kind == _ADD:
+                    node, req = payload
+                    if id(req) in self._flights:
+                        self._flights[id(req)].added_ns = when
+                        node.engine.add(req)
+                elif kind == _KV_READY:
+                    self._kv_event(*payload)
+                elif kind == _STEP_DONE:
+                    self._step_done(*payload)
+                else:
+                    payload()
+            for node in self.nodes:
+                self._kick(node)
+        if until_ns is not None and until_ns > self.now_ns:
+            self.now_ns = until_ns
+        return self.now_ns
+
+    def run_until_done(self, handles: Sequence[Request]) -> int:
+        """Run until every handle is done (other traffic, e.g. background streams, keeps going)."""
+        self.run(until=lambda: all(h.done for h in handles))
+        if not all(h.done for h in handles):
+            raise RuntimeError("the deployment ran out of events before every request finished")
+        return self.now_ns
+
+    def _kick(self, node: Node) -> None:
+        if node.busy:
+            return
+        batch = node.engine.schedule(self.now_ns / NS)
+        if batch is not None:
+            node.busy = True
+            node.steps += 1
+            self._push(self.now_ns + max(to_ns(batch.duration_s), 1), _STEP_DONE, (node, batch))
+
+    def _step_done(self, node: Node, batch: Batch) -> None:
+        node.busy = False
+        for event in node.engine.complete(batch, self.now_ns / NS):
+            flight = self._flights.get(id(event.req))
+            if flight is None:
+                continue
+            if node.role == "prefill":
+                if event.finished:
+                    del self._flights[id(event.req)]
+                    flight.prefill_done_ns, flight.prefill_result = self.now_ns, event.req
+                    self._kv_event(flight, "prefill-done")
+                continue
+            self._deliver(flight, event.req, event.new_ids, event.finished)
+
+    def _kv_event(self, flight: _Flight, what: str) -> None:
+        """P/D hand-off: once decode is ready and prefill done, move the KV decode lacks, then decode."""
+        if what == "decode-ready":
+            flight.decode_ready_ns = self.now_ns
+        elif what == "kv-arrived":
+            assert flight.sim is not None
+            if flight.handle.done:  # aborted while its KV was on the wire
+                return
+            self._flights[id(flight.sim)] = flight
+            flight.added_ns = self.now_ns
+            flight.serving.engine.add(flight.sim)
+            return
+        if flight.decode_ready_ns is None or flight.prefill_done_ns is None or flight.handle.done:
+            return
+        done = flight.prefill_result
+        assert done is not None and done.output_ids
+        node = flight.serving
+        lacks = done.prompt_len  # a decode engine caches nothing: it receives the whole prompt's KV
+        start = max(self.now_ns, node.link_free_ns)
+        node.link_free_ns = start + node.transfer_ns(lacks)
+        flight.sim = SimRequest(flight.handle.rid, flight.handle.input_ids, flight.handle.max_new_tokens,
+                                arrival_s=flight.handle.sent_ns / NS, preset_first_token=done.output_ids[0],
+                                preset_cached_tokens=done.cached_tokens)
+        self._push(node.link_free_ns, _KV_READY, (flight, "kv-arrived"))
+
+    def _deliver(self, flight: _Flight, req: SimRequest, new_ids: tuple[int, ...], finished: bool) -> None:
+        handle = flight.handle
+        if flight.stretch_ns is None:  # --sim-slow-prompt: the served sim stretches the time to first token
+            factor = flight.serving.slow_prompts.get(req.prompt_len, 1.0)
+            flight.stretch_ns = int(round((factor - 1.0) * (self.now_ns - handle.sent_ns)))
+        at = self.now_ns + flight.stretch_ns
+        handle.token_ns.extend(at for _ in new_ids)
+        handle.output_ids.extend(new_ids)
+        if finished:
+            del self._flights[id(req)]
+            handle.done_ns = at
+            handle.meta_info = self._meta(handle, req, at, flight.added_ns)
+
+    @staticmethod
+    def _meta(handle: Request, req: SimRequest, at_ns: int, added_ns: int) -> dict[str, Any]:
+        """SGLang's meta_info with --enable-metrics (times in seconds, as SGLang reports them)."""
+        return {
+            "id": handle.rid, "finish_reason": req.finish_reason, "prompt_tokens": req.prompt_len,
+            "completion_tokens": len(req.output_ids), "cached_tokens": req.cached_tokens,
+            "e2e_latency": (at_ns - handle.sent_ns) / NS,
+            "first_token_latency": (handle.token_ns[0] - handle.sent_ns) / NS,
+            "queue_time": max((req.forward_entry_s or 0.0) - added_ns / NS, 0.0),
+        }
