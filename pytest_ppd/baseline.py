@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from scipy import stats
 
 from pytest_ppd.analysis.regime import COMPUTE_FROM, OVERHEAD_BELOW, REGIME_MARGIN
 from pytest_ppd.analysis.routing import clearly_faster
+from pytest_ppd.analysis.stats import one_sided_p
 from pytest_ppd.errors import ConfigError
 
 SCHEMA = 1
 DEFAULT_TOLERANCE = 0.10
+# Virtual time is deterministic: a baseline of it allows only float rounding, so any model change shows.
+VIRTUAL_TOLERANCE = 1e-9
 ALPHA = 0.05
 # Likewise an exponent must move by more than this (beyond non-overlapping CIs): within-run bootstrap
 # CIs do not see run-to-run drift, and a 0.03 change of slope is no change of behaviour.
@@ -132,25 +134,18 @@ def compare_point(baseline: dict[str, Any], key: str, samples_ms: list[float],
     ref = np.log(np.asarray(old["samples_ms"], float))
     new_med, old_med = float(np.exp(np.median(new))), float(old["median_ms"])
     change = new_med / old_med - 1
-    p_slow = _one_sided_p(new, ref + math.log1p(tol))
-    p_fast = _one_sided_p(ref - math.log1p(tol), new)
+    p_slow = one_sided_p(new, ref + math.log1p(tol))
+    p_fast = one_sided_p(ref - math.log1p(tol), new)
+    tol_text = f"{tol:.0%}" if tol >= 0.01 else f"{tol:.1g}"
     detail = (f"median {old_med:.2f} -> {new_med:.2f} ms ({change:+.1%}; baseline 95% CI "
               f"{old['ci_low_ms']:.2f}..{old['ci_high_ms']:.2f} ms, n={old['n']} -> n={len(samples_ms)}); "
-              f"tolerance {tol:.0%}")
+              f"tolerance {tol_text}")
     if change > tol and p_slow < alpha:
         return Finding(key, "regression", f"{key} regressed: {detail}; p={p_slow:.2g} < {alpha:.2g} "
                                           f"(0.05 Bonferroni-corrected over {n_points} points)")
     if change < -tol and p_fast < alpha:
         return Finding(key, "improvement", f"{key} improved: {detail}; p={p_fast:.2g}")
     return Finding(key, "unchanged", f"{key}: {detail}; p={min(p_slow, p_fast):.2g}")
-
-
-def _one_sided_p(greater: np.ndarray, than: np.ndarray) -> float:
-    """P-value of 'greater' being larger than 'than' (Welch; falls back to medians for degenerate samples)."""
-    if greater.size < 2 or than.size < 2 or (np.std(greater) == 0 and np.std(than) == 0):
-        return 0.0 if np.median(greater) > np.median(than) else 1.0
-    result = stats.ttest_ind(greater, than, equal_var=False, alternative="greater")
-    return float(result.pvalue) if np.isfinite(result.pvalue) else 1.0
 
 
 def compare_study(baseline: dict[str, Any], study: Any, exponent_tolerance: float | None = None) -> list[Finding]:

@@ -174,7 +174,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         return default if value in (None, "") else str(value)
 
     backend = parse_backend(get("backend", DEFAULT_BACKEND))
-    why = WHY_DEFAULT if get("backend") is None else "--ppd-backend / ppd_backend"
+    why = WHY_DEFAULT if get("backend") is None else "chosen with --ppd-backend (or the ppd_backend ini key)"
     grid_name = get("grid", "smoke")
     try:
         grid = parse_grid(grid_name)

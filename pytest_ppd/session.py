@@ -282,7 +282,8 @@ class PpdSession:
         grid = set(self.config.grid)
         outcomes = [o for o in self.outcomes if o.point in grid]
         study = analyze([r for o in outcomes for r in o.records], self.config.model, self.config.gpu)
-        bl.save(target, bl.build(study, outcomes, self.identity()))
+        tolerance = bl.VIRTUAL_TOLERANCE if self.config.backend == "virtual" else bl.DEFAULT_TOLERANCE
+        bl.save(target, bl.build(study, outcomes, self.identity(), tolerance))
         return target
 
     def note(self, line: str) -> None:

@@ -107,7 +107,7 @@ def test_calibrating_on_a_served_sim_recovers_its_profile(pytester, capsys):
     suites = Path(__file__).resolve().parent.parent / "suites"
     pytester.makepyfile(test_append_grid=(suites / "test_append_grid.py").read_text())
     results = pytester.path / "r"
-    run = pytester.runpytest_subprocess("-k", "local", "--ppd-grid=bs=1,8,32;L=1024;m=32,512,2048",
+    run = pytester.runpytest_subprocess("--ppd-backend=sim", "-k", "local", "--ppd-grid=bs=1,8,32;L=1024;m=32,512,2048",
                                         f"--ppd-sim-args=--sim-profile={planted}", f"--ppd-results={results}")
     run.assert_outcomes(passed=9, deselected=9)
     out = pytester.path / "fitted.json"

@@ -48,7 +48,7 @@ def test_injected_fault_is_a_precise_invalid_round(pytester, fault, path, reason
     res = pytester.path / "res"
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    result = pytester.run(sys.executable, "-m", "pytest", "test_grid.py", "--ppd-grid=bs=1;L=256;m=16", "-k", path,
+    result = pytester.run(sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16", "-k", path,
                           f"--ppd-results={res}", f"--ppd-sim-args=--sim-fault={fault}", "--ppd-timeout=3",
                           "--ppd-max-reps=4", "-p", "no:cacheprovider", timeout=120)
     assert time.monotonic() - started < 100, "a fault must never hang the run"
@@ -85,7 +85,7 @@ def test_server_crash_mid_grid_restarts_the_topology_and_continues(pytester):
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     res = pytester.path / "res"
     # Each point: 1 warm-up + 3 rounds = 4 requests; the 5th (second point's warm-up) crashes the engine.
-    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-grid=bs=1;L=256;m=16,32,64",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16,32,64",
                            "-k", "local", f"--ppd-results={res}", "--ppd-sim-args=--sim-fault=crash@5",
                            "--ppd-reps=3", "--ppd-max-reps=3", "--ppd-timeout=5", "-p", "no:cacheprovider", "-q"],
                           cwd=pytester.path, env=_env(token), capture_output=True, text=True, timeout=180)
@@ -101,7 +101,7 @@ def test_no_process_outlives_the_run(pytester, case):
     body = SUITE if case == "normal" else SUITE + "    assert ppd_point.m != 16, 'deliberate failure'\n"
     pytester.makepyfile(test_grid=body)
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
-    args = [sys.executable, "-m", "pytest", "test_grid.py", "--ppd-grid=bs=1;L=256;m=16,32",
+    args = [sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16,32",
             f"--ppd-results={pytester.path / 'res'}", "-p", "no:cacheprovider", "-q"]
     if case == "-x":
         args.append("-x")
@@ -124,7 +124,7 @@ def test_killed_xdist_worker_leaves_nothing(pytester):
     pytest.importorskip("xdist")
     pytester.makepyfile(test_grid=SUITE)
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "test_grid.py", "-n", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "test_grid.py", "-n", "1", "--ppd-backend=sim",
                              "--ppd-grid=bs=1;L=256;m=16,32,64,128", f"--ppd-results={pytester.path / 'res'}",
                              "-p", "no:cacheprovider", "-q"], cwd=pytester.path, env=_env(token),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -281,7 +281,7 @@ def scan():
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     env = {**_env(token), "PPD_API_KEY": sentinel}
     res = pytester.path / "res"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-grid=bs=1;L=256;m=16",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16",
                            f"--ppd-results={res}", f"--junitxml={pytester.path / 'junit.xml'}", "-p", "no:cacheprovider",
                            "-rA", "-v"], cwd=pytester.path, env=env, capture_output=True, text=True, timeout=180)
     assert "3 passed" in proc.stdout, proc.stdout[-3000:]

@@ -1,4 +1,5 @@
-"""Measurements end to end on the sim: proven rounds, flagged mistakes, crash-safe records."""
+"""Measurements end to end: proven rounds, flagged mistakes, crash-safe records on the served sim;
+the physics of the analysis (regimes, routes) in virtual time."""
 
 import json
 from pathlib import Path
@@ -97,7 +98,7 @@ def _rounds(path):
 def test_smoke_run_through_pytest_writes_valid_records(pytester):
     pytester.makepyfile(test_grid=SUITE)
     res = pytester.path / "res"
-    result = pytester.runpytest_subprocess("--ppd-grid=bs=1,2;L=256;m=16", f"--ppd-results={res}",
+    result = pytester.runpytest_subprocess("--ppd-backend=sim", "--ppd-grid=bs=1,2;L=256;m=16", f"--ppd-results={res}",
                                            "--ppd-max-reps=4", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*pytest-ppd summary*", "bs2-L256-m16*remote*", f"records: {res}/records.jsonl"])
@@ -134,7 +135,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(pytester, figures):
     res = pytester.path / "res"
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PPD_RUN_TOKEN": token}
-    args = [sys.executable, "-m", "pytest", "test_grid.py", "--ppd-grid=bs=1,2;L=512;m=16,128",
+    args = [sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1,2;L=512;m=16,128",
             f"--ppd-results={res}", "--ppd-reps=3", "--ppd-max-reps=6", "-p", "no:cacheprovider", "-q"]
     proc = subprocess.Popen(args, cwd=pytester.path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = res / "records.jsonl"
@@ -175,7 +176,8 @@ from pytest_ppd.client import workload
 _orig = workload.Workload.append
 workload.Workload.append = lambda self, conv, round_: _orig(self, conv, 0)
 """)
-    result = pytester.runpytest_subprocess("--ppd-grid=bs=1;L=256;m=64", f"--ppd-results={pytester.path / 'r'}",
+    result = pytester.runpytest_subprocess("--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=64",
+                                           f"--ppd-results={pytester.path / 'r'}",
                                            "-k", "local", "--ppd-max-reps=4")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*bs1-L256-m64-local: 1 of 4 rounds valid, --ppd-reps needs 3*",
@@ -183,19 +185,20 @@ workload.Workload.append = lambda self, conv, round_: _orig(self, conv, 0)
 
 
 def test_a_changed_expectation_fails_with_expected_vs_measured(pytester):
-    """The analysis suite passes on the sim's expectations and fails, with the evidence, when one is changed."""
+    """The analysis suite passes on the virtual sim's expectations (physics: virtual time) and fails, with
+    the evidence, when one is changed."""
     suites = Path(__file__).resolve().parent.parent / "suites"
     pytester.makepyfile(test_analysis=(suites / "test_analysis.py").read_text())
     exp = pytester.mkdir("expectations")
-    original = (suites / "expectations" / "sim-H100-SXM-Llama-3.1-8B.toml").read_text()
-    (exp / "sim-H100-SXM-Llama-3.1-8B.toml").write_text(original)
+    original = (suites / "expectations" / "virtual-H100-SXM-Llama-3.1-8B.toml").read_text()
+    (exp / "virtual-H100-SXM-Llama-3.1-8B.toml").write_text(original)
     args = ["--ppd-grid=bs=1,8;L=1024;m=16,32,2048", f"--ppd-results={pytester.path / 'r1'}", "--ppd-max-reps=4"]
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=4, skipped=1)  # the baseline gate skips without --ppd-baseline
     result.stdout.fnmatch_lines(["*regime map [[]local[]]*", "*scaling exponents*", "*routing policies on grid*"])
     changed = original.replace('when = "bs * m <= 64"\nregime = "overhead"', 'when = "bs * m <= 64"\nregime = "compute"')
     assert changed != original
-    (exp / "sim-H100-SXM-Llama-3.1-8B.toml").write_text(changed)
+    (exp / "virtual-H100-SXM-Llama-3.1-8B.toml").write_text(changed)
     args[1] = f"--ppd-results={pytester.path / 'r2'}"
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=3, failed=1, skipped=1)
@@ -211,13 +214,13 @@ def test_heterogeneous_pd_gives_the_router_a_boundary_to_find(pytester):
     pytester.makepyfile(test_append_grid=(suites / "test_append_grid.py").read_text(),
                         test_analysis=(suites / "test_analysis.py").read_text())
     exp = pytester.mkdir("expectations")
-    name = "sim-H100-SXM-Llama-3.1-8B-prefill-B200.toml"
+    name = "virtual-H100-SXM-Llama-3.1-8B-prefill-B200.toml"
     (exp / name).write_text((suites / "expectations" / name).read_text())
     results = pytester.path / "r"
     result = pytester.runpytest_subprocess("--ppd-grid=bs=1,8;L=1024,4096;m=32,512,2048", "--ppd-prefill-gpu=B200",
                                            f"--ppd-results={results}", "--ppd-max-reps=5")
     result.assert_outcomes(passed=28, skipped=1)
-    result.stdout.fnmatch_lines(["ppd: backend=sim model=Llama-3.1-8B gpu=H100-SXM prefill_gpu=B200 *",
+    result.stdout.fnmatch_lines(["ppd: backend=virtual model=Llama-3.1-8B gpu=H100-SXM prefill_gpu=B200 *",
                                  "routing policies on grid*", "  append-router *"])
     rounds = RecordStore.read(results / "records.jsonl").rounds
     remote = [r for r in rounds if r.get("path") == "remote"]

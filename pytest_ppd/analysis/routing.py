@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from pytest_ppd.analysis.stats import one_sided_p
 
 from pytest_ppd.analysis.roofline import append_work
 from pytest_ppd.specs import GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec, model_spec
@@ -301,8 +301,8 @@ def clearly_faster(rounds: pd.DataFrame | None, bs: int, L: int, m: int, route: 
     slow = np.log(at.loc[at["path"] != route, "batch_latency_ms"].to_numpy(float))
     if fast.size < 2 or slow.size < 2:
         return True, ""
-    p = float(stats.ttest_ind(slow, fast, equal_var=False, alternative="greater").pvalue)
-    return (not np.isfinite(p)) or p < ROUTE_ALPHA, f", p={p:.2g} over {fast.size}+{slow.size} rounds"
+    p = one_sided_p(slow, fast)
+    return p < ROUTE_ALPHA, f", p={p:.2g} over {fast.size}+{slow.size} rounds"
 
 
 def truth_table(cells: pd.DataFrame) -> pd.DataFrame:

@@ -58,3 +58,18 @@ def summarize(samples: list[float]) -> Summary:
         p90=float(np.quantile(x, 0.9)), mean=float(x.mean()),
         stdev=float(x.std(ddof=1)) if x.size > 1 else 0.0, ci_low=lo, ci_high=hi,
     )
+
+
+def one_sided_p(greater: np.ndarray, than: np.ndarray) -> float:
+    """P-value of `greater` being larger than `than`: a one-sided Welch t-test.
+
+    Samples without spread (virtual time repeats a latency exactly) have no noise to
+    weigh: then the medians decide, p = 0 or 1. Fewer than two samples on a side: likewise.
+    """
+    from scipy import stats
+
+    greater, than = np.asarray(greater, float), np.asarray(than, float)
+    if greater.size < 2 or than.size < 2 or (np.ptp(greater) == 0 and np.ptp(than) == 0):
+        return 0.0 if np.median(greater) > np.median(than) else 1.0
+    result = stats.ttest_ind(greater, than, equal_var=False, alternative="greater")
+    return float(result.pvalue) if np.isfinite(result.pvalue) else 1.0
