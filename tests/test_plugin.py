@@ -14,7 +14,7 @@ def test_help_lists_every_option_with_its_default(pytester):
                 "--ppd-ci", "--ppd-results", "--ppd-baseline", "--ppd-save-baseline", "--ppd-replay",
                 "--ppd-url", "--ppd-resume"):
         result.stdout.fnmatch_lines([f"*{opt}*"])
-    result.stdout.fnmatch_lines(["*(default: sim)*", "*(default: smoke)*"])
+    result.stdout.fnmatch_lines(["*(default: virtual)*", "*(default: smoke)*"])
 
 
 def test_grid_becomes_readable_ids_on_both_paths(pytester):
@@ -53,11 +53,11 @@ def test_ini_keys_configure_and_cli_overrides(pytester):
 def test_report_header_names_backend_model_gpu_and_grid(pytester):
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest("--collect-only", "--ppd-grid=quick")
-    result.stdout.fnmatch_lines(["ppd: backend=sim model=Llama-3.1-8B gpu=H100-SXM grid=quick (18 points)*"])
+    result.stdout.fnmatch_lines(["ppd: backend=virtual model=Llama-3.1-8B gpu=H100-SXM grid=quick (18 points)*"])
 
 
 BAD = [
-    (["--ppd-backend=nope"], "--ppd-backend: 'nope' is not a backend; valid: sim, sglang, external, replay"),
+    (["--ppd-backend=nope"], "--ppd-backend: 'nope' is not a backend; valid: virtual, sim, sglang, external, replay"),
     (["--ppd-grid=huge"], "--ppd-grid: 'huge' is not a grid; use a preset (smoke, quick, full, seed002)*"),
     (["--ppd-grid=bs=1;L=10"], "--ppd-grid: grid 'bs=1;L=10' lacks m*"),
     (["--ppd-grid=bs=0;L=10;m=1"], "--ppd-grid: grid 'bs=0;L=10;m=1': bs=0 must be >= 1"),
