@@ -95,12 +95,14 @@ class WallClockRunner:
 
     async def _loop(self) -> None:
         while True:
-            batch: Batch | None = self.engine.schedule(self.now())
+            # The step starts when scheduling starts: the scheduler's own CPU time (radix matches over
+            # long prompts) overlaps the modeled step, as SGLang's overlap scheduler hides it behind the GPU.
+            start = self.now()
+            batch: Batch | None = self.engine.schedule(start)
             if batch is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            start = self.now()
             end = start + batch.duration_s
             delay = end - self.now()
             if delay > 0:
