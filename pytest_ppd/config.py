@@ -231,6 +231,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         sim_args=sim_args,
         benchmark_json=Path(get("benchmark_json")).expanduser() if get("benchmark_json") else None,
     )
+    _check_fresh_ids(grid, max_reps, model)
     too_long = [p for p in grid if p.L + p.m + cfg.max_new_tokens > model.context_length]
     if too_long and backend != "replay":
         p = too_long[0]
@@ -238,3 +239,20 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
             f"--ppd-grid: {len(too_long)} point(s) exceed {model.name}'s context length {model.context_length}, "
             f"e.g. {p.id} (L+m+{cfg.max_new_tokens} = {p.L + p.m + cfg.max_new_tokens}); shrink L or m")
     return cfg
+
+
+def _check_fresh_ids(grid: tuple[GridPoint, ...], max_reps: int, model: ModelSpec) -> None:
+    """Every append starts with an id no other append of its row used (client/workload.py): a row of
+    n points at batch size BS needs n x max_reps x BS distinct ids from the vocabulary."""
+    from pytest_ppd.client.workload import first_id_span
+
+    span = first_id_span(model.vocab_size)
+    rows: dict[tuple[int, int], int] = {}
+    for p in grid:
+        rows[(p.bs, p.L)] = rows.get((p.bs, p.L), 0) + 1
+    for (bs, L), n in rows.items():
+        if n * max_reps * bs > span:
+            most = span // (n * bs)
+            raise ConfigError(f"--ppd-max-reps: {max_reps} rounds x BS={bs} x {n} points of row bs{bs}-L{L} need "
+                              f"{n * max_reps * bs} fresh first ids, {model.name}'s vocabulary offers {span}; "
+                              f"give --ppd-max-reps <= {most}")

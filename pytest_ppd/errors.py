@@ -6,7 +6,8 @@
     ├── ConfigError          bad user input; the message names the fix
     │   └── UnknownNameError an unknown model / GPU / link / backend name
     ├── ServerLaunchError    a server never became healthy (carries its log tail)
-    └── MeasurementError     a setup step of a measurement failed (not a bad round)
+    ├── MeasurementError     a setup step of a measurement failed (not a bad round)
+    └── Infeasible           a grid point whose BS x (L + m) tokens cannot stay in the KV pool
 
 A failed *request* is data (it lands in a record), never an exception.
 """
@@ -45,3 +46,7 @@ class ServerLaunchError(PpdError):
 
 class MeasurementError(PpdError):
     """A setup step of a measurement (warm-up, flush, server info) failed."""
+
+
+class Infeasible(PpdError):
+    """A point whose BS x (L + m) tokens cannot all stay in the server's KV pool (reported, not run)."""

@@ -18,7 +18,7 @@ from pytest_ppd import __version__
 from pytest_ppd.analysis.stats import summarize
 from pytest_ppd.client.runner import PointOutcome, Settings, Target, measure_point
 from pytest_ppd.config import PpdConfig
-from pytest_ppd.errors import ConfigError
+from pytest_ppd.errors import ConfigError, Infeasible
 from pytest_ppd.grid import GridPoint
 from pytest_ppd.records import RecordStore
 from pytest_ppd.servers.topology import Topology, TopologyConfig, plan, start
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from pytest_ppd.expectations import Expectations
 
 TOPOLOGY_OF_PATH = {"local": "colocated", "remote": "pd"}
-
-
-class Infeasible(Exception):
-    """A point whose BS x (L + m) tokens cannot all stay in the server's KV pool."""
 
 
 def _version(dist: str) -> str:
@@ -83,6 +79,7 @@ class PpdSession:
     _baseline: dict[str, Any] | None = None
     _study_n: int = 0
     _deployments: dict[str, Any] = field(default_factory=dict)  # virtual backend: path -> Deployment
+    _infeasible: dict[tuple[GridPoint, str], Infeasible] = field(default_factory=dict)  # decided once per point
 
     @property
     def results_dir(self) -> Path:
@@ -222,14 +219,22 @@ class PpdSession:
 
     def study(self) -> "Study":
         """Measure whatever grid point is missing (both paths), then analyse everything measured."""
-        from pytest_ppd.analysis.study import analyze
-
         for path in ("local", "remote"):
             for point in self.config.grid:
                 try:
                     self.measure(point, path, "append_grid")
                 except Infeasible:
                     pass
+        study = self.analysis()
+        assert study is not None
+        return study
+
+    def analysis(self) -> "Study | None":
+        """The analysis of what this run measured so far; never measures or launches anything."""
+        from pytest_ppd.analysis.study import analyze
+
+        if not self.outcomes and self._study is None:
+            return None
         if self._study is None or self._study_n != len(self.outcomes):
             grid = set(self.config.grid)
             records = [r for o in self.outcomes if o.point in grid for r in o.records]
@@ -297,8 +302,14 @@ class PpdSession:
     def measure(self, point: GridPoint, path: str, suite: str) -> PointOutcome:
         """Measure (point, path) once per run; later asks (another suite, experiment) reuse it."""
         key = (point, path)
+        if key in self._infeasible:
+            raise self._infeasible[key]  # decided once: asking again must not restart a topology
         if key not in self._measured:
-            self._measured[key] = self._measure(point, path, suite)
+            try:
+                self._measured[key] = self._measure(point, path, suite)
+            except Infeasible as exc:
+                self._infeasible[key] = exc
+                raise
         return self._measured[key]
 
     def _measure(self, point: GridPoint, path: str, suite: str) -> PointOutcome:

@@ -248,3 +248,27 @@ def test_contexts_survive_kv_pressure_between_rounds(tmp_path):
         target = Target("local", topo.colocated, (topo.colocated,), pool_tokens=60000)
         out = measure_point(target, point, settings, RecordStore(tmp_path / "a", run_id="t", config_hash="h"))
     assert len(out.valid) == 4
+
+
+def test_infeasible_points_start_each_topology_once(pytester):
+    """4 of 8 point-paths cannot fit the KV pool: each topology still starts once (served sim), the
+    analysis and the terminal summary never relaunch servers, and the infeasible ones are skipped."""
+    suites = Path(__file__).resolve().parent.parent / "suites"
+    pytester.makepyfile(test_append_grid=(suites / "test_append_grid.py").read_text(),
+                        test_analysis=(suites / "test_analysis.py").read_text())
+    pytester.makeconftest("""
+import json, pathlib
+from pytest_ppd.servers import process
+STARTS = []
+_start = process.ServerProcess.start
+def start(self):
+    STARTS.append(self.name)
+    return _start(self)
+process.ServerProcess.start = start
+def pytest_unconfigure(config):
+    pathlib.Path("starts.json").write_text(json.dumps(STARTS))
+""")
+    result = pytester.runpytest_subprocess("--ppd-backend=sim", "--ppd-grid=bs=1,64;L=16384;m=16,32",
+                                           f"--ppd-results={pytester.path / 'r'}", "--ppd-max-reps=3", "-rs")
+    result.stdout.fnmatch_lines(["*infeasible: bs64-L16384-m16: BS*(L+m) = *"])
+    assert json.loads((pytester.path / "starts.json").read_text()) == ["colocated", "prefill", "decode", "router"]

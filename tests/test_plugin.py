@@ -80,6 +80,9 @@ BAD = [
     (["--ppd-backend=external", "--ppd-url=http://u:p@h:1"], "--ppd-url: credentials in the URL are refused*"),
     (["--ppd-backend=external", "--ppd-url=http://h:99999"], "--ppd-url: 'http://h:99999' has a port out of range*"),
     (["--ppd-backend=replay"], "--ppd-backend=replay needs --ppd-replay RECORDS.jsonl"),
+    (["--ppd-max-reps=10000", "--ppd-grid=bs=16;L=1024;m=32"], "--ppd-max-reps: 10000 rounds x BS=16 * give "
+     "--ppd-max-reps <= 7953"),
+    (["--ppd-sim-args=--sim-fault=crash@1"], "--ppd-sim-args: --sim-fault needs served engines*--ppd-backend=sim"),
     (["--ppd-backend=replay", "--ppd-replay=/nonexistent.jsonl"], "--ppd-replay: /nonexistent.jsonl does not exist*"),
     (["--ppd-resume"], "--ppd-resume needs --ppd-results DIR*"),
     (["--ppd-results=../up"], "--ppd-results: '../up' contains '..'*"),

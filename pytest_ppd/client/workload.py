@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pytest_ppd.errors import ConfigError
 from pytest_ppd.grid import GridPoint
 
 _LOW = 1000  # keep clear of special/control ids at the bottom of every vocab
+
+
+def first_id_span(vocab_size: int) -> int:
+    """How many distinct first ids appends can start with."""
+    return vocab_size - 1 - _LOW
 
 
 def _rng(*parts: object) -> np.random.Generator:
@@ -44,15 +50,16 @@ class Workload:
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2 * _LOW:
-            raise ValueError(f"vocab_size {self.vocab_size} too small for exact-token workloads")
+            raise ConfigError(f"vocab_size {self.vocab_size} too small for exact-token workloads; "
+                              f"pick a model with a vocabulary of at least {2 * _LOW}")
         needed = (self.slot + 1) * self.rounds_cap * self.point.bs
         if needed > self._span:
-            raise ValueError(f"{needed} distinct first ids needed but the vocabulary offers {self._span}; "
-                             "lower --ppd-max-reps or split the grid")
+            raise ConfigError(f"{needed} distinct first ids needed but the vocabulary offers {self._span}; "
+                              "lower --ppd-max-reps or split the grid")
 
     @property
     def _span(self) -> int:
-        return self.vocab_size - 1 - _LOW
+        return first_id_span(self.vocab_size)
 
     def _ids(self, n: int, *key: object) -> np.ndarray:
         return _rng(*key).integers(_LOW, self.vocab_size - 1, n)

@@ -33,8 +33,9 @@ def write_summary(tr: Any, session: PpdSession) -> None:
         tr.write_line(f"infeasible points (KV pool too small to keep the context cached): {len(session.infeasible)}")
         for _, _, why in session.infeasible[:20]:
             tr.write_line(f"  {why}")
-    if session.has_study:
-        write_study(tr, session.study())
+    study = session.analysis() if session.has_study else None  # the servers are gone: analyse, never measure
+    if study is not None:
+        write_study(tr, study)
     for line in session.notes:
         tr.write_line(line)
     if session._store is not None:
