@@ -64,6 +64,9 @@ def _check_str_list(v: Any) -> None:
 
 def _check_int_list(v: Any) -> None:
     _expect(isinstance(v, list), v, "a sequence")
+    # Fast path for the common case (prompts of many thousand ids): one C-level pass over the types.
+    if set(map(type, v)) <= {int}:
+        return
     for e in v:
         _check_int(e)
 
@@ -209,7 +212,9 @@ def parse_generate(body: Any, *, vocab_size: int, context_length: int, pool_toke
         ids = ids[0]
     if len(ids) == 0:
         raise ApiError("input_ids cannot be empty.")
-    bad = next((t for t in ids if t < 0 or t >= vocab_size), None)
+    bad = None
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        bad = next(t for t in ids if t < 0 or t >= vocab_size)
     if bad is not None:
         raise ApiError(f"input_ids contains out-of-vocabulary token id {bad}; valid range is [0, {vocab_size}).")
     max_new = sp.get("max_new_tokens", 128)

@@ -28,6 +28,7 @@ class KvBootstrap:
     cfg: "SimConfig"
     args: Any
     rooms: dict[int, tuple[float, asyncio.Future]]
+    states: dict[int, Any]  # the server's in-flight requests (their created_s), by id(SimRequest)
     link_free_s: float
     http: httpx.AsyncClient | None
     health: Callable[[web.Request], Awaitable[web.Response]]  # the server's own /health
@@ -91,7 +92,10 @@ class KvBootstrap:
             return f"KV transfer failed: {info.get('error', resp.status_code)}"
         nbytes = req.prompt_len * self.cfg.model.kv_bytes_per_token
         now = time.perf_counter()
-        start = max(now, self.link_free_s)
+        # The modeled transfer starts when the prefill finished, not when this host's poll came back
+        # (both engines share the host's clock); it never starts in the past of this request.
+        ready = now - max(time.time() - float(info.get("prefill_finished_ts", time.time())), 0.0)
+        start = max(ready, self.link_free_s, self.states[id(req)].created_s if id(req) in self.states else ready)
         slow = faults["slow-kv"].arg if "slow-kv" in faults else 1.0
         self.link_free_s = start + self.cfg.link.transfer_s(nbytes) * slow
         await asyncio.sleep(self.link_free_s - now)
