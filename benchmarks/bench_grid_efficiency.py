@@ -1,6 +1,6 @@
 """Benchmark (prints, asserts nothing): how much of a grid run's wall time is measurement.
 
-Runs `pytest suites/test_append_grid.py --ppd-grid=GRID` on the sim and prints
+Runs `pytest suites/test_append_grid.py --ppd-grid=GRID` on the served sim and prints
 wall time, the sum of measured batch latencies over every round, their ratio
 (target <= 1.25), and the ratio without server start-up.
 
@@ -30,7 +30,8 @@ def main() -> None:
         results = Path(tmp) / "res"
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "suites" / "test_append_grid.py"),
-                               f"--ppd-grid={args.grid}", f"--ppd-results={results}", "-q", "-p", "no:cacheprovider",
+                               "--ppd-backend=sim", f"--ppd-grid={args.grid}", f"--ppd-results={results}", "-q",
+                               "-p", "no:cacheprovider",
                                *args.extra], capture_output=True, text=True)
         wall = time.perf_counter() - started
         stored = RecordStore.read(results / "records.jsonl")

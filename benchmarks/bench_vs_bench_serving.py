@@ -64,7 +64,8 @@ def main() -> None:
             log_path=Path(tmp) / "sim.log") as proc:
         proc.wait_ready(60)
         url = f"http://127.0.0.1:{port}"
-        print(f"{'streams':>7} {'ours median TTFT':>17} {'server first_token':>19} {'bench_serving median TTFT':>26}  (ms)")
+        print(f"{'streams':>7} {'ours median TTFT':>17} {'server first_token':>19} "
+              f"{'bench_serving median TTFT':>26}  (ms)")
         for n in (1, 64):
             ttft, server = asyncio.run(ours(url, n, args.rounds))
             bench = theirs(args.sglang_python, port, args.tokenizer, n, args.rounds, Path(tmp) / "bs.jsonl")

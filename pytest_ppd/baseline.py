@@ -160,7 +160,8 @@ def compare_study(baseline: dict[str, Any], study: Any, exponent_tolerance: floa
         if old and r.regime and old != r.regime and clear:
             out.append(Finding(f"{r.path}/bs{r.bs}/L{r.L}/m{r.m}", "regression",
                                f"regime of bs{r.bs}-L{r.L}-m{r.m} [{r.path}] flipped: {old} -> {r.regime} "
-                               f"(elasticity {r.elasticity:.3f}, clear of the 0.25/0.75 thresholds by >= {REGIME_MARGIN})"))
+                               f"(elasticity {r.elasticity:.3f}, "
+                               f"clear of the 0.25/0.75 thresholds by >= {REGIME_MARGIN})"))
     for r in study.fits.itertuples():
         old = rows.get(f"{r.path}/bs{r.bs}/L{r.L}")
         apart = old and "ci_low" in old and (r.ci_high < old["ci_low"] or r.ci_low > old["ci_high"])

@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from pytest_ppd.errors import ConfigError
@@ -32,7 +34,7 @@ def parse_backend(text: str) -> str:
     return text
 
 
-def _positive(option: str, kind: type, low: float) -> "callable":
+def _positive(option: str, kind: type, low: float) -> Callable[[str], Any]:
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -122,7 +124,8 @@ def api_key_from_env() -> str | None:
         try:
             return Path(path).read_text().strip() or None
         except OSError as exc:
-            raise ConfigError(f"PPD_API_KEY_FILE={path} cannot be read ({exc.strerror}); point it at a readable file")
+            raise ConfigError(
+                f"PPD_API_KEY_FILE={path} cannot be read ({exc.strerror}); point it at a readable file") from None
     return None
 
 
@@ -169,6 +172,10 @@ class PpdConfig:
 
 def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
     """Parse raw option strings (CLI over ini over defaults) into a checked PpdConfig."""
+    @overload
+    def get(name: str) -> str | None: ...
+    @overload
+    def get(name: str, default: str) -> str: ...
     def get(name: str, default: str | None = None) -> str | None:
         value = raw.get(name)
         return default if value in (None, "") else str(value)
@@ -189,9 +196,10 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
     except ConfigError as exc:
         raise ConfigError(f"--ppd-gpu: {exc}") from None
     prefill_gpu = None
-    if get("prefill_gpu"):
+    prefill_gpu_arg = get("prefill_gpu")
+    if prefill_gpu_arg:
         try:
-            prefill_gpu = gpu_spec(get("prefill_gpu"))
+            prefill_gpu = gpu_spec(prefill_gpu_arg)
         except ConfigError as exc:
             raise ConfigError(f"--ppd-prefill-gpu: {exc}") from None
         if prefill_gpu.name == gpu.name:
@@ -202,14 +210,17 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
     reps, max_reps = parse_reps(get("reps", "3")), parse_max_reps(get("max_reps", "10"))
     if max_reps < reps:
         raise ConfigError(f"--ppd-max-reps: {max_reps} is below --ppd-reps {reps}; give max-reps >= reps")
-    results = parse_results(get("results")) if get("results") else None
+    results_arg = get("results")
+    results = parse_results(results_arg) if results_arg else None
     resume = bool(raw.get("resume"))
     if resume and results is None:
         raise ConfigError("--ppd-resume needs --ppd-results DIR: the directory of the run to continue")
-    urls = parse_urls(get("url")) if get("url") else None
+    url_arg = get("url")
+    urls = parse_urls(url_arg) if url_arg else None
     if backend == "external" and not urls:
         raise ConfigError("--ppd-backend=external needs --ppd-url URL (or local=URL,remote=URL)")
-    replay = Path(get("replay")).expanduser() if get("replay") else None
+    replay_arg = get("replay")
+    replay = Path(replay_arg).expanduser() if replay_arg else None
     if backend == "replay":
         if replay is None:
             raise ConfigError("--ppd-backend=replay needs --ppd-replay RECORDS.jsonl")
@@ -219,17 +230,20 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
     if backend == "virtual" and any(a.startswith("--sim-fault") for a in sim_args):
         raise ConfigError("--ppd-sim-args: --sim-fault needs served engines (faults hit HTTP servers); "
                           "add --ppd-backend=sim")
+    baseline_arg, save_baseline_arg = get("baseline"), get("save_baseline")
+    expectations_arg, benchmark_json_arg = get("expectations"), get("benchmark_json")
     cfg = PpdConfig(
-        backend=backend, backend_why=why, grid_name=grid_name, grid=grid, model=model, model_arg=get("model", "Llama-3.1-8B"),
+        backend=backend, backend_why=why, grid_name=grid_name, grid=grid, model=model,
+        model_arg=get("model", "Llama-3.1-8B"),
         gpu=gpu, prefill_gpu=prefill_gpu, reps=reps,
         max_reps=max_reps, ci=parse_ci(get("ci", "0.05")), timeout_s=parse_timeout(get("timeout", "600")),
         results=results, resume=resume, urls=urls, replay=replay,
-        baseline=Path(get("baseline")) if get("baseline") else None,
-        save_baseline=Path(get("save_baseline")) if get("save_baseline") else None,
+        baseline=Path(baseline_arg) if baseline_arg else None,
+        save_baseline=Path(save_baseline_arg) if save_baseline_arg else None,
         api_key=api_key_from_env(),
-        expectations=Path(get("expectations")).expanduser() if get("expectations") else None,
+        expectations=Path(expectations_arg).expanduser() if expectations_arg else None,
         sim_args=sim_args,
-        benchmark_json=Path(get("benchmark_json")).expanduser() if get("benchmark_json") else None,
+        benchmark_json=Path(benchmark_json_arg).expanduser() if benchmark_json_arg else None,
     )
     _check_fresh_ids(grid, max_reps, model)
     too_long = [p for p in grid if p.L + p.m + cfg.max_new_tokens > model.context_length]

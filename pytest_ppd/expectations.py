@@ -53,7 +53,7 @@ class GateSettings:
 
     tolerance: float | None = None
     exponent_tolerance: float | None = None
-    points: dict[str, float] = field(default_factory=dict)
+    points: dict[str, float | None] = field(default_factory=dict)
 
     def tolerance_for(self, key: str) -> float | None:
         return self.points.get(key, self.tolerance)
@@ -69,7 +69,8 @@ class Expectations:
     routes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def expectations_file(backend: str, gpu: str, model: str, directory: Path, prefill_gpu: str | None = None) -> Path:
+def expectations_file(backend: str | None, gpu: str, model: str, directory: Path,
+                      prefill_gpu: str | None = None) -> Path:
     """sim-H100-SXM-Llama-3.1-8B.toml for the served sim, virtual-... for the virtual one;
     H100-SXM-Llama-3.1-8B.toml for measured hardware; ...-prefill-B200.toml when P runs on other hardware."""
     prefix = f"{backend}-" if backend in ("sim", "virtual") else ""

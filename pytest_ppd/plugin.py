@@ -50,7 +50,8 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("url", "URL", None, "external backend: URL (remote path) or local=URL,remote=URL"),
     ("expectations", "DIR", None, "expectations directory (default: expectations/ beside the suite module)"),
     ("benchmark-json", "FILE", None, "also write the measured points in pytest-benchmark's JSON format"),
-    ("sim-args", "ARGS", None, "extra --sim-* flags for every sim engine, e.g. '--sim-fault=crash@5 --sim-slowdown=1.2'"),
+    ("sim-args", "ARGS", None,
+     "extra --sim-* flags for every sim engine, e.g. '--sim-fault=crash@5 --sim-slowdown=1.2'"),
 ]
 
 
@@ -124,7 +125,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                          f"{ppd.results_dir}` to retry")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> str | list[str]:
     s = config.stash[SESSION_KEY]
     c = s.config
     v = s.versions()

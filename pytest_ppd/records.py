@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypedDict
 
 from pytest_ppd.errors import ConfigError
 
@@ -70,7 +70,15 @@ class Record:
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
-def derived_rates(bs: int, L: int, m: int, latency_ms: float | None) -> dict[str, float | None]:
+class DerivedRates(TypedDict):
+    """The Record fields derived from a batch latency (splatted into Record)."""
+
+    throughput_tok_s: float | None
+    new_tok_s: float | None
+    ms_per_append_token: float | None
+
+
+def derived_rates(bs: int, L: int, m: int, latency_ms: float | None) -> DerivedRates:
     """throughput = BS(L+m)/latency, new tokens/s = BS m/latency, ms per append token = latency/m."""
     if not latency_ms:
         return {"throughput_tok_s": None, "new_tok_s": None, "ms_per_append_token": None}
@@ -118,7 +126,8 @@ class RecordStore:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"--ppd-results {self.dir} cannot be created ({exc.strerror}); choose a writable path")
+            raise ConfigError(
+                f"--ppd-results {self.dir} cannot be created ({exc.strerror}); choose a writable path") from None
         if not os.access(self.dir, os.W_OK):
             raise ConfigError(f"--ppd-results {self.dir} is not writable; choose a writable directory")
 

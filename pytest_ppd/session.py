@@ -245,7 +245,7 @@ class PpdSession:
     def expectations(self, directory: Path) -> "Expectations":
         from pytest_ppd.expectations import expectations_file, load
 
-        backend = self.config.backend
+        backend: str | None = self.config.backend
         if backend == "replay":
             backends = {r.get("backend") for r in self.records()}
             backend = backends.pop() if len(backends) == 1 else "replay"

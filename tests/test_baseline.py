@@ -52,7 +52,8 @@ def test_broken_or_newer_baselines_are_one_clear_error(tmp_path, content, needle
 
 def test_a_baseline_from_another_gpu_is_refused():
     with pytest.raises(ConfigError, match="gpu='H200'"):
-        bl.check_identity(_base([1.0]) | {"gpu": "H200"}, {"backend": "sim", "gpu": "H100-SXM", "model": "Llama-3.1-8B"})
+        bl.check_identity(_base([1.0]) | {"gpu": "H200"},
+                          {"backend": "sim", "gpu": "H100-SXM", "model": "Llama-3.1-8B"})
 
 
 def test_gate_tolerances_come_from_the_expectations_file(tmp_path):

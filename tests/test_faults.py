@@ -48,7 +48,8 @@ def test_injected_fault_is_a_precise_invalid_round(pytester, fault, path, reason
     res = pytester.path / "res"
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    result = pytester.run(sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16", "-k", path,
+    result = pytester.run(sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim",
+                          "--ppd-grid=bs=1;L=256;m=16", "-k", path,
                           f"--ppd-results={res}", f"--ppd-sim-args=--sim-fault={fault}", "--ppd-timeout=3",
                           "--ppd-max-reps=4", "-p", "no:cacheprovider", timeout=120)
     assert time.monotonic() - started < 100, "a fault must never hang the run"
@@ -62,8 +63,6 @@ def test_injected_fault_is_a_precise_invalid_round(pytester, fault, path, reason
 
 def test_slow_kv_transfer_is_measured_not_invalid(tmp_path):
     """slow-kv makes REMOTE slower (the rounds stay valid): the transfer is part of what REMOTE costs."""
-    import httpx
-
     from pytest_ppd.client.runner import Settings, Target, measure_point
     from pytest_ppd.grid import GridPoint
     from pytest_ppd.specs import gpu_spec, model_spec
@@ -85,7 +84,8 @@ def test_server_crash_mid_grid_restarts_the_topology_and_continues(pytester):
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     res = pytester.path / "res"
     # Each point: 1 warm-up + 3 rounds = 4 requests; the 5th (second point's warm-up) crashes the engine.
-    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16,32,64",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim",
+                           "--ppd-grid=bs=1;L=256;m=16,32,64",
                            "-k", "local", f"--ppd-results={res}", "--ppd-sim-args=--sim-fault=crash@5",
                            "--ppd-reps=3", "--ppd-max-reps=3", "--ppd-timeout=5", "-p", "no:cacheprovider", "-q"],
                           cwd=pytester.path, env=_env(token), capture_output=True, text=True, timeout=180)
@@ -221,7 +221,8 @@ def test_kill_9_never_loses_a_confirmed_record(tmp_path, figures):
         confirmed_total += len(confirmed)
         assert sorted(present) == list(range(len(present)))  # no hole, no duplicate
         RecordStore(directory, run_id="k", config_hash="h", resume=True)  # resumable after the kill
-    figures["records lost over 20 random kill -9 trials"] = f"{lost} of {confirmed_total} confirmed ({torn} torn tails cut)"
+    figures["records lost over 20 random kill -9 trials"] = (
+        f"{lost} of {confirmed_total} confirmed ({torn} torn tails cut)")
     assert lost == 0
 
 
@@ -267,7 +268,7 @@ def test_zz_scan(ppd_session):
     from tests_scan import scan
     scan()
 """)
-    pytester.makepyfile(tests_scan=f"""
+    pytester.makepyfile(tests_scan="""
 import json, os
 from pathlib import Path
 from pytest_ppd.servers.process import tagged_processes
@@ -276,14 +277,15 @@ def scan():
     pids = [p for p, _, _ in tagged_processes(os.environ["PPD_RUN_TOKEN"])]
     Path("sockets.json").write_text(json.dumps(test_faults_helpers.listening(pids)))
 """)
-    pytester.makepyfile(test_faults_helpers="import sys\nsys.path.insert(0, %r)\nfrom test_faults import _listening_sockets as listening\n"
-                        % str(Path(__file__).parent))
+    pytester.makepyfile(test_faults_helpers="import sys\nsys.path.insert(0, %r)\n"
+                        "from test_faults import _listening_sockets as listening\n" % str(Path(__file__).parent))
     token = f"ppd-test-{uuid.uuid4().hex[:8]}"
     env = {**_env(token), "PPD_API_KEY": sentinel}
     res = pytester.path / "res"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16",
-                           f"--ppd-results={res}", f"--junitxml={pytester.path / 'junit.xml'}", "-p", "no:cacheprovider",
-                           "-rA", "-v"], cwd=pytester.path, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--ppd-backend=sim",
+                           "--ppd-grid=bs=1;L=256;m=16", f"--ppd-results={res}",
+                           f"--junitxml={pytester.path / 'junit.xml'}", "-p", "no:cacheprovider", "-rA", "-v"],
+                          cwd=pytester.path, env=env, capture_output=True, text=True, timeout=180)
     assert "3 passed" in proc.stdout, proc.stdout[-3000:]
     written = [p for p in pytester.path.rglob("*") if p.is_file() and p.suffix != ".py"]
     assert any(p.name == "records.jsonl" for p in written) and any(p.suffix == ".log" for p in written)

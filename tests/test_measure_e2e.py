@@ -196,7 +196,8 @@ def test_a_changed_expectation_fails_with_expected_vs_measured(pytester):
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=4, skipped=1)  # the baseline gate skips without --ppd-baseline
     result.stdout.fnmatch_lines(["*regime map [[]local[]]*", "*scaling exponents*", "*routing policies on grid*"])
-    changed = original.replace('when = "bs * m <= 64"\nregime = "overhead"', 'when = "bs * m <= 64"\nregime = "compute"')
+    changed = original.replace('when = "bs * m <= 64"\nregime = "overhead"',
+                               'when = "bs * m <= 64"\nregime = "compute"')
     assert changed != original
     (exp / "virtual-H100-SXM-Llama-3.1-8B.toml").write_text(changed)
     args[1] = f"--ppd-results={pytester.path / 'r2'}"

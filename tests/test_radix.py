@@ -94,7 +94,7 @@ def test_invariants_hold_under_any_operation_sequence(ops, page_size):
             assert cache.total_size == before - freed
             assert cache.total_size >= cache.protected_size
         cache.check_invariants()
-        for m, prefix in locks:
+        for _m, prefix in locks:
             assert cache.match_prefix(list(prefix)).length == len(prefix), "a locked prefix was lost"
 
 

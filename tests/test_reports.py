@@ -39,7 +39,8 @@ def test_report_rebuilds_every_output_from_records(run_dir, tmp_path):
     header = (res / "summary.csv").read_text().splitlines()[0]
     assert header == "bs,L,m,path,n_valid,n_invalid,median_ms,p10_ms,p90_ms,regime,route"
     md = (res / "report.md").read_text()
-    for section in ("## Regime map [local]", "physical floor", "## Scaling exponents", "## Routing", "## Invalid rounds"):
+    for section in ("## Regime map [local]", "physical floor", "## Scaling exponents", "## Routing",
+                    "## Invalid rounds"):
         assert section in md
     assert (res / "latency_vs_m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

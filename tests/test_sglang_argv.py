@@ -41,7 +41,8 @@ def test_sglang_argv_shape(tmp_path):
 
 
 @needs_sglang
-@pytest.mark.parametrize("args", [(), ("--share-gpu",), ("--topology", "colocated")], ids=["pd", "share-gpu", "colocated"])
+@pytest.mark.parametrize("args", [(), ("--share-gpu",), ("--topology", "colocated")],
+                         ids=["pd", "share-gpu", "colocated"])
 def test_sglang_parser_accepts_our_argv(tmp_path, args):
     for argv in dry_run(tmp_path, *args):
         if argv[2] != "sglang.launch_server":

@@ -25,7 +25,8 @@ def post(url, body, stream):
 
 OK = {"input_ids": [1001, 1002, 1003], "sampling_params": {"max_new_tokens": 2}}
 VALUE_ERRORS = [
-    ({"input_ids": [5] * 131072}, "The input (131072 tokens) is longer than the model's context length (131072 tokens)."),
+    ({"input_ids": [5] * 131072},
+     "The input (131072 tokens) is longer than the model's context length (131072 tokens)."),
     ({"input_ids": [1, 2, 200000]}, "input_ids contains out-of-vocabulary token id 200000"),
     ({"input_ids": []}, "input_ids cannot be empty."),
     ({"input_ids": [1, 2], "sampling_params": {"max_new_tokens": -1}}, "max_new_tokens must be at least 0, got -1."),
@@ -33,7 +34,8 @@ VALUE_ERRORS = [
     ({"sampling_params": {"max_new_tokens": 1}}, "Either text, input_ids or input_embeds should be provided."),
 ]
 CONTRACT_ERRORS = [
-    ({"input_ids": [1, 2], "sampling_params": {"max_tokens": 3}}, "unknown field `max_tokens`, expected one of `max_new_tokens`"),
+    ({"input_ids": [1, 2], "sampling_params": {"max_tokens": 3}},
+     "unknown field `max_tokens`, expected one of `max_new_tokens`"),
     ({"input_ids": "1 2 3"}, 'invalid type: string "1 2 3", expected a value or an array of values for TokenIdsOrList'),
     ({"input_ids": [1, 2], "sampling_params": {"max_new_tokens": "4"}}, 'invalid type: string "4", expected i64'),
     ({"input_ids": [1, 2], "stream": "yes"}, 'invalid type: string "yes", expected a boolean'),

@@ -18,7 +18,8 @@ def _latencies(path):
 
 def test_virtual_is_the_default_and_the_header_says_why(pytester):
     result = pytester.runpytest("--collect-only", "--ppd-grid=bs=1;L=64;m=8")
-    result.stdout.fnmatch_lines(["ppd: backend=virtual *", "ppd: backend virtual: the default: the modeled GPU's time*"])
+    result.stdout.fnmatch_lines(["ppd: backend=virtual *",
+                                 "ppd: backend virtual: the default: the modeled GPU's time*"])
     explicit = pytester.runpytest("--collect-only", "--ppd-backend=sim")
     explicit.stdout.fnmatch_lines(["ppd: backend sim: chosen with --ppd-backend*"])
 

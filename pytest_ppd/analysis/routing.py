@@ -157,6 +157,8 @@ class AppendRouter:
         self._local = _OnlineLeastSquares(3, [0.0, 1.0, 1.0], self.forget)
         self._remote = _OnlineLeastSquares(2, [0.0, 0.0], self.forget)
         self._work_cache: dict[tuple[int, int, int, bool], tuple[float, float]] = {}
+        # Already set (empty) by __setattr__ when __init__ assigned params; reset on every new params.
+        self._cost_cache: dict[tuple[int, int, int, bool], tuple[RouteCost, RouteCost]] = {}
 
     # -- the model -----------------------------------------------------------
     def _check(self, bs: int, L: int, m: int) -> None:
@@ -339,9 +341,9 @@ def trained_router(model: str | ModelSpec, gpu: str | GpuSpec, truth: pd.DataFra
                    params: RouterParams | None = None, prefill_gpu: str | GpuSpec | None = None) -> AppendRouter:
     """A router that has observed every (point, path) median of `truth`."""
     router = AppendRouter(model, gpu, params or RouterParams(), forget=1.0, prefill_gpu=prefill_gpu)
-    for bs, L, m, loc, rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
+    for bs, L, m, loc, _rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
         router.observe(LOCAL, int(bs), int(L), int(m), float(loc))
-    for bs, L, m, loc, rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
+    for bs, L, m, _loc, rem in truth[["bs", "L", "m", "local_ms", "remote_ms"]].itertuples(index=False):
         router.observe(REMOTE, int(bs), int(L), int(m), float(rem), p_holds_context=True)
     return router
 

@@ -39,7 +39,7 @@ def _slope(logx: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def endpoint_slope(xs: Sequence[float], medians: Sequence[float]) -> float:
+def endpoint_slope(xs: Sequence[float], medians: Sequence[float] | np.ndarray) -> float:
     """log(T_last / T_first) / log(x_last / x_first) over the sorted x values."""
     pairs = sorted(zip(xs, medians))
     (x0, t0), (x1, t1) = pairs[0], pairs[-1]

@@ -49,7 +49,8 @@ def results_json(stored: StoredRecords, points: pd.DataFrame) -> dict[str, Any]:
     rounds = stored.rounds
     starts = [r["started_at"] for r in rounds if r.get("started_at")]
     header = stored.header or {}
-    results, by_rate = [], {"low": [], "mid": [], "high": []}
+    results: list[dict[str, Any]] = []
+    by_rate: dict[str, list[float]] = {"low": [], "mid": [], "high": []}
     for p in points.itertuples():
         rate = p.L / (p.L + p.m)
         results.append({"test_case": {"batch_size": int(p.bs), "context_length": int(p.L), "append_length": int(p.m),

@@ -57,7 +57,8 @@ def write_study(tr: Any, study: Any) -> None:
             tr.write_line(f"  {r.path:<6} bs{r.bs:<3} L{r.L:<6} {r.exponent:6.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]  "
                           f"endpoint {r.endpoint_slope:.3f}  n={r.n}")
     for split, table in study.policies.items():
-        tr.write_line(f"routing policies on {split} ({int(table['points'].iloc[0])} points; regret vs per-point oracle):")
+        tr.write_line(f"routing policies on {split} ({int(table['points'].iloc[0])} points; "
+                      "regret vs per-point oracle):")
         for r in table.itertuples():
             tr.write_line(f"  {r.policy:<22} accuracy {r.accuracy:6.1%}  mean regret {r.mean_regret_ms:9.2f} ms  "
                           f"max {r.max_regret_ms:9.2f} ms")

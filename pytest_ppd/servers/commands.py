@@ -101,7 +101,8 @@ def router_argv(spec: LaunchSpec, port: int, prefill: list[tuple[str, int]], dec
         argv += ["--prefill", url, str(boot)]
     for url in decode:
         argv += ["--decode", url]
-    argv += ["--host", spec.host, "--port", str(port), "--policy", "round_robin", "--disable-retries", "--disable-circuit-breaker",
+    argv += ["--host", spec.host, "--port", str(port), "--policy", "round_robin",
+             "--disable-retries", "--disable-circuit-breaker",
              "--prometheus-host", spec.host, "--prometheus-port", str(prometheus_port),
              "--log-level", "warn"]
     if spec.api_key:

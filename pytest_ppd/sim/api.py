@@ -26,7 +26,8 @@ def _unexpected(v: Any) -> str:
         return f"floating point `{v}`"
     if isinstance(v, str):
         return f'string "{v}"'
-    return {list: "sequence", dict: "map"}.get(type(v), type(v).__name__)
+    names: dict[type, str] = {list: "sequence", dict: "map"}
+    return names.get(type(v), type(v).__name__)
 
 
 def _is_int(v: Any) -> bool:
@@ -97,6 +98,12 @@ def _check_sampling(sp: Any) -> None:
             SAMPLING_FIELDS[key](value)
 
 
+def _check_sampling_params(v: Any) -> None:
+    """One SamplingParams, or a list of them (a batch)."""
+    for sp in v if isinstance(v, list) else [v]:
+        _check_sampling(sp)
+
+
 def _check_token_ids(v: Any) -> None:
     _expect(isinstance(v, list), v, "a value or an array of values for TokenIdsOrList")
     rows = v if v and isinstance(v[0], list) else [v]
@@ -123,7 +130,7 @@ def _either(check: Any, name: str) -> Any:
 TOP_LEVEL_FIELDS: dict[str, Any] = {
     "rid": _either(_check_str, "StringOrList"), "text": _either(_check_str, "StringOrList"),
     "input_ids": _check_token_ids, "stream": _check_bool,
-    "sampling_params": lambda v: [_check_sampling(e) for e in v] if isinstance(v, list) else _check_sampling(v),
+    "sampling_params": _check_sampling_params,
     "return_logprob": _either(_check_bool, "BoolOrList"),
     "bootstrap_host": _either(_check_str, "OptionalStringOrList"),
     "bootstrap_port": _either(_check_int, "OptionalInt64OrList"),

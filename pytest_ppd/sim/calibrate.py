@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import numpy as np
 from scipy import optimize
@@ -160,7 +160,7 @@ def calibrate(rounds: Iterable[dict[str, Any]], start: CostProfile | None = None
 
     def profile_of(x: np.ndarray) -> CostProfile:
         values = {k: float(min(max(v, BOUNDS[k][0]), BOUNDS[k][1])) for k, v in zip(FITTED, x)}
-        return replace(base, **values)
+        return replace(base, **cast(dict[str, Any], values))  # FITTED names only float fields
 
     def residuals(x: np.ndarray) -> np.ndarray:
         prof = profile_of(x)

@@ -135,7 +135,8 @@ class SimServer(KvBootstrap):
             "tokenizer_path": self.args.tokenizer_path or self.args.model_path,
             "is_generation": True, "preferred_sampling_params": None,
             "weight_version": "default", "has_image_understanding": False,
-            "has_audio_understanding": False, "model_type": self.cfg.model.config.get("model_type") if self.cfg.model.config else None,
+            "has_audio_understanding": False,
+            "model_type": self.cfg.model.config.get("model_type") if self.cfg.model.config else None,
             "architectures": (self.cfg.model.config or {}).get("architectures"),
         })
 
@@ -160,7 +161,8 @@ class SimServer(KvBootstrap):
         internal = {
             "max_total_num_tokens": self.cfg.pool_tokens,
             "max_req_input_len": min(self.cfg.context_length - 1, self.cfg.pool_tokens - 1),
-            "last_gen_throughput": 0.0, "memory_usage": {"kvcache": e.used_tokens * self.cfg.model.kv_bytes_per_token / 2**30},
+            "last_gen_throughput": 0.0,
+            "memory_usage": {"kvcache": e.used_tokens * self.cfg.model.kv_bytes_per_token / 2**30},
             "avg_spec_accept_length": None,
         }
         sim = {

@@ -158,7 +158,7 @@ def check_launch_argv(argv, *, parse_only=False, allow_abbrev=False, fake_gpu=No
         with contextlib.redirect_stderr(err):
             sa = prepare_server_args(list(argv))
     except SystemExit as e:
-        lines = [l for l in err.getvalue().splitlines() if ": error: " in l]
+        lines = [line for line in err.getvalue().splitlines() if ": error: " in line]
         rep.update(ok=False, stage="argparse",
                    error=lines[-1] if lines else f"argparse exit {e.code}: {err.getvalue()[-2000:]}")
         return 2, rep
