@@ -61,8 +61,9 @@ async def _stream(client: StreamClient) -> Check:
     result = await client.generate([1001, 1002, 1003, 1004], 4)
     if result.error:
         return Check(False, "stream", f"{result.error[0]}: {result.error[1]}")
-    # ttft_ns is None only when [DONE] came before any content event (a TypeError here, as before).
-    ttft_ms = result.ttft_ns / 1e6  # type: ignore[operator]
+    if result.ttft_ns is None:
+        return Check(False, "stream", "the stream ended without a content event: no token to time")
+    ttft_ms = result.ttft_ns / 1e6
     return Check(True, "stream", f"4 tokens streamed, TTFT {ttft_ms:.1f} ms, "
                                  f"{len(result.event_ns)} events, ended with [DONE]")
 
