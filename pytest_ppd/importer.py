@@ -18,7 +18,7 @@ from typing import Any
 from pytest_ppd.analysis.roofline import floor_ms
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.records import SCHEMA_VERSION, Record, derived_rates
-from pytest_ppd.sim.args import default_mem_fraction_static, pool_tokens_for
+from pytest_ppd.sglang_defaults import server_defaults
 from pytest_ppd.specs import GpuSpec, ModelSpec, gpu_spec, model_spec
 
 
@@ -35,8 +35,8 @@ def physical_reasons(bs: int, L: int, m: int, latency_ms: float, model: ModelSpe
 
 
 def default_pool(model: ModelSpec, gpu: GpuSpec) -> int:
-    """SGLang's token pool for one GPU at its default --mem-fraction-static."""
-    return pool_tokens_for(model, gpu, default_mem_fraction_static(gpu, 1), 1, 1)
+    """SGLang 0.5.23's token pool of one colocated engine on one GPU, at its defaults."""
+    return server_defaults(model, gpu).pool_tokens
 
 
 def records_from_table(path: str | Path, model: str | ModelSpec, gpu: str | GpuSpec,

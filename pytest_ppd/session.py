@@ -146,10 +146,14 @@ class PpdSession:
         versions = self.versions()
         if infos and infos[0].get("version"):
             versions["engine"] = str(infos[0]["version"])
+        decode = infos[-1] if path == "remote" and infos else {}
+        decode_pool = pool_tokens_of(decode)
         target = Target(path=path, url=topo.entry_url, flush_urls=tuple(engines), api_key=c.api_key,
                         pool_tokens=min(pools) if pools else None,
                         page_size=int(infos[0].get("page_size") or 1) if infos else 1,
-                        server_argv=tuple(tuple(_masked(a)) for a in topo.argvs()), versions=versions)
+                        server_argv=tuple(tuple(_masked(a)) for a in topo.argvs()), versions=versions,
+                        decode_pool=None if decode_pool is None else
+                        (decode_pool, int(decode.get("num_reserved_decode_tokens") or 0)))
         self._targets = {path: target}
         return target
 
@@ -165,9 +169,11 @@ class PpdSession:
 
         dep, argvs = virtual_topology(self._topology_config(path))
         self._deployments[path] = dep
+        decode = [(n.cfg.pool_tokens, n.cfg.resolved.num_reserved_decode_tokens) for n in dep.decode]
         target = Target(path=path, url=f"virtual://{TOPOLOGY_OF_PATH[path]}", flush_urls=(),
                         pool_tokens=dep.pool_tokens, page_size=dep.page_size,
-                        server_argv=tuple(tuple(_masked(a)) for a in argvs), versions=self.versions())
+                        server_argv=tuple(tuple(_masked(a)) for a in argvs), versions=self.versions(),
+                        decode_pool=min(decode) if decode else None)
         self._targets[path] = target
         return target
 
@@ -319,9 +325,8 @@ class PpdSession:
             outcome = self._from_store(point, path)
         else:
             target = self.target(path)
-            if target.pool_tokens is not None and point.total_tokens > target.pool_tokens:
-                why = (f"{point.id}: BS*(L+m) = {point.total_tokens} tokens > the {path} server's KV pool "
-                       f"max_total_num_tokens = {target.pool_tokens}; its context cannot stay cached")
+            why = target.capacity_problem(point)
+            if why is not None:
                 if (point, path, why) not in self.infeasible:
                     self.infeasible.append((point, path, why))
                 raise Infeasible(why)

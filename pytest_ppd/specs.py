@@ -200,18 +200,19 @@ class GpuSpec:
     peak_flops: float
     hbm_bytes_per_s: float
     memory_bytes: int
+    arch: str = ""  # hopper, blackwell, ampere, ada: SGLang picks its attention backend by it
 
 
 # Vendor datasheets: dense (no sparsity) bf16 tensor-core peak; memory as nvidia-smi reports it.
 _GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in (
-        GpuSpec("H100-SXM", 989e12, 3.35e12, 81559 * MiB),
-        GpuSpec("H100-PCIe", 756e12, 2.0e12, 81559 * MiB),
-        GpuSpec("H200", 989e12, 4.8e12, 143771 * MiB),
-        GpuSpec("A100-80GB", 312e12, 2.039e12, 81920 * MiB),
-        GpuSpec("B200", 2250e12, 8.0e12, 183359 * MiB),
-        GpuSpec("L40S", 362e12, 864e9, 46068 * MiB),
+        GpuSpec("H100-SXM", 989e12, 3.35e12, 81559 * MiB, "hopper"),
+        GpuSpec("H100-PCIe", 756e12, 2.0e12, 81559 * MiB, "hopper"),
+        GpuSpec("H200", 989e12, 4.8e12, 143771 * MiB, "hopper"),
+        GpuSpec("A100-80GB", 312e12, 2.039e12, 81920 * MiB, "ampere"),
+        GpuSpec("B200", 2250e12, 8.0e12, 183359 * MiB, "blackwell"),
+        GpuSpec("L40S", 362e12, 864e9, 46068 * MiB, "ada"),
     )
 }
 _GPU_ALIASES = {"h100": "H100-SXM", "h100-sxm5": "H100-SXM", "h100-80gb": "H100-SXM",

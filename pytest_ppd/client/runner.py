@@ -39,6 +39,22 @@ class Target:
     page_size: int = 1
     server_argv: tuple[tuple[str, ...], ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
+    # P/D: (the decode engine's pool, tokens it keeps reserved per request: SGLang's num_reserved_decode_tokens)
+    decode_pool: tuple[int, int] | None = None
+
+    def capacity_problem(self, point: GridPoint) -> str | None:
+        """Why BS x (L + m) cannot stay cached on this path's servers, or None."""
+        if self.pool_tokens is not None and point.total_tokens > self.pool_tokens:
+            return (f"{point.id}: BS*(L+m) = {point.total_tokens} tokens > the {self.path} server's KV pool "
+                    f"max_total_num_tokens = {self.pool_tokens}; its context cannot stay cached")
+        if self.decode_pool is not None:
+            pool, reserve = self.decode_pool
+            need = point.bs * (point.L + point.m + max(reserve, 1))
+            if need > pool:
+                return (f"{point.id}: the decode server admits a request with {reserve} tokens reserved for its "
+                        f"outputs (num_reserved_decode_tokens): BS*(L+m+{reserve}) = {need} tokens > its KV pool "
+                        f"{pool}; the batch cannot decode together")
+        return None
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ def parse_generate(body: Any, *, vocab_size: int, context_length: int, pool_toke
     if len(ids) >= context_length:
         raise ApiError(f"The input ({len(ids)} tokens) is longer than the model's context length "
                        f"({context_length} tokens).")
-    max_req_input_len = min(context_length - 1, pool_tokens - 1)
+    max_req_input_len = min(context_length - 1, pool_tokens - 1) - 5  # SGLang 0.5.23 tp_worker.py
     if len(ids) >= max_req_input_len:
         raise ApiError(f"Input length ({len(ids)} tokens) exceeds the maximum allowed length "
                        f"({max_req_input_len} tokens). Use a shorter input or enable --allow-auto-truncate.")

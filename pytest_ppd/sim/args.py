@@ -7,9 +7,12 @@ builder serves both backends; ``--sim-*`` flags choose the simulated hardware.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pytest_ppd.errors import ConfigError
+from pytest_ppd.sim.costmodel import CostModel, CostProfile
+from pytest_ppd.sim.engine import Engine
+from pytest_ppd.sglang_defaults import MAX_PREFILL_TOKENS, NUM_RESERVED_DECODE_TOKENS, ServerDefaults, server_defaults
 from pytest_ppd.specs import GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec, model_spec
 
 DISAGG_MODES = ("null", "prefill", "decode")
@@ -51,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--disaggregation-transfer-backend", default="mooncake", choices=TRANSFER_BACKENDS)
     sg.add_argument("--disaggregation-bootstrap-port", type=int, default=8998)
     sg.add_argument("--disaggregation-ib-device", default=None)
+    sg.add_argument("--disaggregation-decode-enable-radix-cache", action="store_true")
+    sg.add_argument("--max-prefill-tokens", type=int, default=MAX_PREFILL_TOKENS)
+    sg.add_argument("--num-reserved-decode-tokens", type=int, default=NUM_RESERVED_DECODE_TOKENS)
+    sg.add_argument("--cuda-graph-max-bs-decode", type=int, default=None)
     sim = p.add_argument_group("simulation (--sim-*)")
     sim.add_argument("--sim-gpu", default="H100-SXM", help="GPU to simulate (default: H100-SXM)")
     sim.add_argument("--sim-link", default="ib-ndr", help="P/D KV-transfer link (default: ib-ndr)")
@@ -83,38 +90,12 @@ class SimConfig:
     pool_tokens: int
     faults: tuple = ()
     slow_prompts: tuple = ()
+    defaults: ServerDefaults | None = None  # everything SGLang 0.5.23 resolved (sglang_defaults.py)
 
-
-def default_mem_fraction_static(gpu: GpuSpec, tp_size: int) -> float:
-    """SGLang's rule of thumb by GPU memory: more reserved headroom on smaller parts."""
-    gib = gpu.memory_bytes / (1 << 30)
-    if gib < 40:
-        return 0.80
-    if gib < 60:
-        return 0.83
-    if gib < 100:
-        return 0.85 if tp_size < 4 else 0.87
-    return 0.88
-
-
-def default_chunked_prefill_size(gpu: GpuSpec) -> int:
-    gib = gpu.memory_bytes / (1 << 30)
-    if gib < 35:
-        return 2048
-    if gib < 60:
-        return 4096
-    if gib < 160:
-        return 8192
-    return 16384
-
-
-def pool_tokens_for(model: ModelSpec, gpu: GpuSpec, mem_fraction_static: float, tp_size: int,
-                    page_size: int) -> int:
-    """Token pool as SGLang sizes it: (memory x fraction - weights) / KV bytes per token, per page."""
-    rest = gpu.memory_bytes * mem_fraction_static - model.weight_bytes / tp_size
-    per_token = model.kv_bytes_per_token / tp_size
-    tokens = int(rest // per_token) if rest > 0 else 0
-    return tokens - tokens % page_size
+    @property
+    def resolved(self) -> ServerDefaults:
+        assert self.defaults is not None
+        return self.defaults
 
 
 def resolve(argv: list[str] | None = None) -> SimConfig:
@@ -124,17 +105,23 @@ def resolve(argv: list[str] | None = None) -> SimConfig:
     gpu, link = gpu_spec(args.sim_gpu), link_spec(args.sim_link)
     if args.tp_size < 1:
         raise ConfigError("--tp-size must be >= 1")
-    page = args.page_size or 1
-    if page < 1:
+    if args.page_size is not None and args.page_size < 1:
         raise ConfigError("--page-size must be >= 1")
-    frac = args.mem_fraction_static or default_mem_fraction_static(gpu, args.tp_size)
-    if not 0 < frac < 1:
-        raise ConfigError(f"--mem-fraction-static must be in (0, 1), got {frac}")
+    if args.mem_fraction_static is not None and not 0 < args.mem_fraction_static < 1:
+        raise ConfigError(f"--mem-fraction-static must be in (0, 1), got {args.mem_fraction_static}")
     if args.sim_slowdown < 1.0:
         raise ConfigError(f"--sim-slowdown must be >= 1.0, got {args.sim_slowdown}")
-    pool = pool_tokens_for(model, gpu, frac, args.tp_size, page)
-    if args.max_total_tokens is not None:
-        pool = min(pool, args.max_total_tokens)
+    d = server_defaults(
+        model, gpu, args.disaggregation_mode, args.tp_size, mem_fraction=args.mem_fraction_static,
+        chunked_prefill_size=args.chunked_prefill_size, page_size=args.page_size,
+        max_running=args.max_running_requests, max_total_tokens=args.max_total_tokens,
+        context_length=args.context_length, cuda_graph_max_bs=args.cuda_graph_max_bs_decode,
+        disable_radix_cache=args.disable_radix_cache)
+    if args.disaggregation_mode == "decode" and args.disaggregation_decode_enable_radix_cache:
+        d = replace(d, disable_radix_cache=args.disable_radix_cache)
+    d = replace(d, max_prefill_tokens=args.max_prefill_tokens,
+                num_reserved_decode_tokens=args.num_reserved_decode_tokens)
+    frac, pool = d.mem_fraction_static, d.pool_tokens
     if pool <= 0:
         raise ConfigError(
             f"{model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV pool on "
@@ -151,10 +138,28 @@ def resolve(argv: list[str] | None = None) -> SimConfig:
             raise ConfigError(f"--sim-slow-prompt '{spec}': use LEN:FACTOR, e.g. 1536:1.2") from None
         if slow[-1][1] < 1.0:
             raise ConfigError(f"--sim-slow-prompt '{spec}': FACTOR must be >= 1 (a floor never drops)")
-    context = args.context_length or model.context_length
     return SimConfig(
         args=args, model=model, gpu=gpu, link=link, mem_fraction_static=frac,
-        chunked_prefill_size=args.chunked_prefill_size or default_chunked_prefill_size(gpu),
-        max_running_requests=args.max_running_requests or min(4096, max(pool // 2, 1)),
-        page_size=page, context_length=context, pool_tokens=pool, faults=faults, slow_prompts=tuple(slow),
+        chunked_prefill_size=d.chunked_prefill_size, max_running_requests=max(d.max_running_requests, 1),
+        page_size=d.page_size, context_length=d.context_length, pool_tokens=pool, faults=faults,
+        slow_prompts=tuple(slow), defaults=d,
     )
+
+
+def profile_for(args: argparse.Namespace) -> CostProfile:
+    """--sim-profile (default: built-in) with --sim-slowdown applied."""
+    profile = CostProfile.load(args.sim_profile) if args.sim_profile else CostProfile()
+    if args.sim_slowdown != 1.0:
+        profile = replace(profile, slowdown=args.sim_slowdown)
+    return profile
+
+
+def engine_for(cfg: SimConfig, profile: CostProfile) -> Engine:
+    """The engine core as SGLang 0.5.23 would be configured by cfg's flags (served or virtual driver)."""
+    d = cfg.resolved
+    return Engine(CostModel(cfg.model, cfg.gpu, profile, tp_size=cfg.args.tp_size), cfg.pool_tokens,
+                  mode=cfg.args.disaggregation_mode, chunked_prefill_size=cfg.chunked_prefill_size,
+                  max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
+                  disable_radix_cache=d.disable_radix_cache, max_prefill_tokens=d.max_prefill_tokens,
+                  num_reserved_decode_tokens=d.num_reserved_decode_tokens if d.mode == "decode" else 0,
+                  cuda_graph_max_bs=d.cuda_graph_max_bs if d.cuda_graph_max_bs > 0 else None)

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import optimize
 
 from pytest_ppd.errors import ConfigError
-from pytest_ppd.sim.args import default_chunked_prefill_size, default_mem_fraction_static, pool_tokens_for
+from pytest_ppd.sglang_defaults import server_defaults
 from pytest_ppd.sim.clock import VirtualRunner
 from pytest_ppd.sim.costmodel import EFFICIENCY_CAPS, CostModel, CostProfile, Extend
 from pytest_ppd.sim.engine import Engine, SimRequest
@@ -112,9 +112,9 @@ def _engine_settings(rounds: list[dict[str, Any]], model: ModelSpec, gpu: GpuSpe
     """(chunk, pool, tp) as the measured engine ran: from its recorded argv, else SGLang's defaults."""
     argv = [a for cmd in rounds[0].get("server_argv") or [] for a in cmd]
     tp = _flag(argv, "--tp-size") or 1
-    chunk = _flag(argv, "--chunked-prefill-size") or default_chunked_prefill_size(gpu)
-    pool = _flag(argv, "--max-total-tokens") or pool_tokens_for(
-        model, gpu, default_mem_fraction_static(gpu, tp), tp, 1)
+    defaults = server_defaults(model, gpu, "null", tp)
+    chunk = _flag(argv, "--chunked-prefill-size") or defaults.chunked_prefill_size
+    pool = _flag(argv, "--max-total-tokens") or defaults.pool_tokens
     return chunk, pool, tp
 
 

@@ -44,13 +44,18 @@ class CostProfile:
     eta_attn: float = 0.55
     eta_kv: float = 0.80
     slowdown: float = 1.0  # multiplies every step (what-if and fault studies), >= 1
+    # A decode batch above the CUDA-graph limit launches its ~400 kernels (32 layers x ~12) one by one: the
+    # host's launch time mostly overlaps the GPU's work, but the GPU idles a few us between kernels that a
+    # graph replays back to back (~400 x ~5 us).
+    eager_decode_s: float = 0.002
 
     def __post_init__(self) -> None:
         for key, cap in EFFICIENCY_CAPS.items():
             value = getattr(self, key)
             if not 0 < value <= cap:
                 raise ConfigError(f"cost profile {self.name!r}: {key}={value} must be in (0, {cap}]")
-        for key in ("c0_prefill_s", "c0_decode_s", "request_overhead_s", "request_cpu_s", "token_cpu_s"):
+        for key in ("c0_prefill_s", "c0_decode_s", "request_overhead_s", "request_cpu_s", "token_cpu_s",
+                    "eager_decode_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"cost profile {self.name!r}: {key} must be >= 0")
         if self.slowdown < 1.0:
@@ -119,11 +124,13 @@ class CostModel:
         cpu = max(cpu - max((c.host_s for c in admitted), default=0.0), 0.0)
         return self._time(p.c0_prefill_s + cpu, tokens, logits, f_attn, b_kv)
 
-    def decode_time(self, contexts: Iterable[int]) -> float:
-        """Step time of one decode batch; contexts are each sequence's current length."""
+    def decode_time(self, contexts: Iterable[int], eager: bool = False) -> float:
+        """Step time of one decode batch; contexts are each sequence's current length; eager: the batch is
+        above the CUDA-graph limit, so its kernels are launched one by one."""
         contexts = list(contexts)
+        c0 = self.profile.c0_decode_s + (self.profile.eager_decode_s if eager else 0.0)
         if not contexts:
-            return self.profile.c0_decode_s * self.profile.slowdown
+            return c0 * self.profile.slowdown
         f_attn = sum(attention_flops(self.model, 1, c) for c in contexts)
         b_kv = (sum(contexts) + len(contexts)) * self.model.kv_bytes_per_token
-        return self._time(self.profile.c0_decode_s, len(contexts), len(contexts), f_attn, b_kv)
+        return self._time(c0, len(contexts), len(contexts), f_attn, b_kv)

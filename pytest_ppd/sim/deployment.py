@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from pytest_ppd.errors import ConfigError
-from pytest_ppd.sim.args import SimConfig, resolve
-from pytest_ppd.sim.costmodel import CostModel, CostProfile
+from pytest_ppd.sim.args import SimConfig, engine_for, profile_for, resolve
 from pytest_ppd.sim.engine import Batch, Engine, SimRequest
 
 NS = 1_000_000_000
@@ -88,13 +87,8 @@ class Node:
 
 def _node(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:
     args = cfg.args
-    profile = CostProfile.load(args.sim_profile) if args.sim_profile else CostProfile()
-    if args.sim_slowdown != 1.0:
-        profile = CostProfile(**{**profile.__dict__, "slowdown": args.sim_slowdown})
-    engine = Engine(CostModel(cfg.model, cfg.gpu, profile, tp_size=args.tp_size), cfg.pool_tokens,
-                    mode=args.disaggregation_mode, chunked_prefill_size=cfg.chunked_prefill_size,
-                    max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
-                    disable_radix_cache=args.disable_radix_cache)
+    profile = profile_for(args)
+    engine = engine_for(cfg, profile)
     role = args.disaggregation_mode if args.disaggregation_mode != "null" else "colocated"
     if cfg.faults:
         raise ConfigError("--sim-fault needs served engines: faults are injected into HTTP servers; "
@@ -223,8 +217,9 @@ class Deployment:
         if n + handle.max_new_tokens > node.cfg.context_length:
             return (f"ValueError: the input ({n} tokens) plus max_new_tokens is longer than the model's "
                     f"context length ({node.cfg.context_length} tokens)")
-        if n >= node.cfg.pool_tokens:
-            return f"ValueError: the input ({n} tokens) does not fit the KV pool ({node.cfg.pool_tokens} tokens)"
+        if n >= node.cfg.resolved.max_req_input_len:
+            return (f"ValueError: Input length ({n} tokens) exceeds the maximum allowed length "
+                    f"({node.cfg.resolved.max_req_input_len} tokens)")
         bad = [t for t in handle.input_ids if not 0 <= t < node.cfg.model.vocab_size]
         if bad:
             return f"ValueError: token id {bad[0]} is outside the vocabulary (0..{node.cfg.model.vocab_size - 1})"

@@ -73,11 +73,18 @@ class Engine:
 
     def __init__(self, cost: CostModel, pool_tokens: int, *, mode: Mode = "null",
                  chunked_prefill_size: int = 8192, max_running_requests: int = 1024,
-                 page_size: int = 1, disable_radix_cache: bool = False) -> None:
+                 page_size: int = 1, disable_radix_cache: bool = False, max_prefill_tokens: int = 1 << 62,
+                 num_reserved_decode_tokens: int = 0, cuda_graph_max_bs: int | None = None) -> None:
+        """cuda_graph_max_bs: decode batches above it run without CUDA graphs (None: no limit);
+        num_reserved_decode_tokens: tokens a decode-side request keeps reserved for its outputs (SGLang's
+        P/D decode admission); max_prefill_tokens: new tokens one extend batch may take at most."""
         if pool_tokens <= 0:
             raise ValueError(f"token pool must be > 0 tokens, got {pool_tokens}")
         self.cost, self.pool_tokens, self.mode = cost, pool_tokens, mode
-        self.chunk = chunked_prefill_size if chunked_prefill_size > 0 else 1 << 62
+        chunk = chunked_prefill_size if chunked_prefill_size > 0 else 1 << 62
+        self.chunk = min(chunk, max_prefill_tokens)
+        self.reserve_decode = num_reserved_decode_tokens
+        self.graph_max_bs = cuda_graph_max_bs
         self.max_running = max_running_requests
         self.cache = RadixCache(page_size=page_size, disabled=disable_radix_cache)
         self.waiting: deque[SimRequest] = deque()
@@ -104,9 +111,6 @@ class Engine:
         if short > 0:
             self.cache.evict(short)
         return self._free_after_reserve() >= need
-
-    def max_request_tokens(self) -> int:
-        return self.pool_tokens
 
     # -- intake ----------------------------------------------------------
     def add(self, req: SimRequest) -> None:
@@ -182,12 +186,13 @@ class Engine:
     def _schedule_decode(self, now: float) -> Batch | None:
         while self.prefilled and len(self.running) < self.max_running:
             req = self.prefilled[0]
-            if not self._make_room(req.prompt_len + req.max_new_tokens):
+            budget = req.prompt_len + max(req.max_new_tokens, self.reserve_decode)
+            if not self._make_room(budget):
                 break
             self.prefilled.popleft()
             req.computed = req.prompt_len
             req.owned = req.prompt_len
-            req.budget = req.prompt_len + req.max_new_tokens
+            req.budget = budget
             req.cached_tokens = req.preset_cached_tokens
             req.forward_entry_s = now
             self.running.append(req)
@@ -197,7 +202,8 @@ class Engine:
         contexts = [r.prompt_len + len(r.output_ids) for r, _ in items if r.output_ids]
         for req, _ in items:
             req.owned += 1 if req.output_ids else 0
-        return Batch("decode", items, self.cost.decode_time(contexts))
+        eager = self.graph_max_bs is not None and len(items) > self.graph_max_bs
+        return Batch("decode", items, self.cost.decode_time(contexts, eager=eager))
 
     # -- completion --------------------------------------------------------
     def _next_token(self, req: SimRequest) -> int:

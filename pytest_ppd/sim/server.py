@@ -23,10 +23,9 @@ from aiohttp import web
 from pytest_ppd import __version__
 from pytest_ppd.sim.api import (ApiError, GenerateRequest, contract_error, error_body, parse_generate, realtime,
                                 stream_error_event)
-from pytest_ppd.sim.args import SimConfig
+from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
 from pytest_ppd.sim.clock import WallClockRunner
-from pytest_ppd.sim.costmodel import CostModel, CostProfile
-from pytest_ppd.sim.engine import Engine, Event, SimRequest
+from pytest_ppd.sim.engine import Event, SimRequest
 from pytest_ppd.sim.faults import Fault, FaultPlan
 from pytest_ppd.sim.pd import KvBootstrap
 from pytest_ppd.sim.tokenizer import SimTokenizer
@@ -49,17 +48,8 @@ class SimServer(KvBootstrap):
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg, self.args = cfg, cfg.args
-        profile = CostProfile.load(self.args.sim_profile) if self.args.sim_profile else CostProfile()
-        if self.args.sim_slowdown != 1.0:
-            profile = CostProfile(**{**profile.__dict__, "slowdown": self.args.sim_slowdown})
-        self.profile = profile
-        cost = CostModel(cfg.model, cfg.gpu, profile, tp_size=self.args.tp_size)
-        self.engine = Engine(
-            cost, cfg.pool_tokens, mode=self.args.disaggregation_mode,
-            chunked_prefill_size=cfg.chunked_prefill_size,
-            max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
-            disable_radix_cache=self.args.disable_radix_cache,
-        )
+        self.profile = profile_for(self.args)
+        self.engine = engine_for(cfg, self.profile)
         self.slow_prompts = dict(cfg.slow_prompts)  # prompt length -> latency factor (--sim-slow-prompt)
         self.runner = WallClockRunner(self.engine, self._deliver)
         self.tokenizer = None if self.args.skip_tokenizer_init else SimTokenizer(
@@ -152,17 +142,25 @@ class SimServer(KvBootstrap):
                                    "num_waiting_reqs": len(e.waiting), "num_tokens": e.used_tokens}])
 
     async def server_info(self, _request: web.Request) -> web.Response:
+        """SGLang 0.5.23's keys and nesting (entrypoints/http_server.py, scheduler internal_state.py)."""
+        d = self.cfg.resolved
         args = {k: v for k, v in vars(self.args).items() if not k.startswith("sim_") and k != "api_key"}
-        args.update(mem_fraction_static=self.cfg.mem_fraction_static,
-                    chunked_prefill_size=self.cfg.chunked_prefill_size,
-                    max_running_requests=self.cfg.max_running_requests,
-                    page_size=self.cfg.page_size, context_length=self.cfg.context_length)
+        args.update(mem_fraction_static=d.mem_fraction_static, chunked_prefill_size=d.chunked_prefill_size,
+                    max_prefill_tokens=d.max_prefill_tokens, page_size=d.page_size,
+                    attention_backend=d.attention_backend, disable_radix_cache=d.disable_radix_cache,
+                    context_length=d.context_length, num_reserved_decode_tokens=self.args.num_reserved_decode_tokens,
+                    cuda_graph_config={
+                        "decode": {"backend": "full" if d.cuda_graph_max_bs else "disabled",
+                                   "max_bs": d.cuda_graph_max_bs or None},
+                        "prefill": {"backend": "disabled" if d.mode == "decode" else "breakable",
+                                    "max_bs": None if d.mode == "decode" else d.chunked_prefill_size}})
         e = self.engine
         internal = {
-            "max_total_num_tokens": self.cfg.pool_tokens,
-            "max_req_input_len": min(self.cfg.context_length - 1, self.cfg.pool_tokens - 1),
-            "last_gen_throughput": 0.0,
-            "memory_usage": {"kvcache": e.used_tokens * self.cfg.model.kv_bytes_per_token / 2**30},
+            **args, "max_total_num_tokens": self.cfg.pool_tokens, "max_req_input_len": d.max_req_input_len,
+            "effective_max_running_requests_per_dp": self.cfg.max_running_requests, "last_gen_throughput": 0.0,
+            "memory_usage": {"weight": self.cfg.model.weight_bytes / 2**30,
+                             "kvcache": e.used_tokens * self.cfg.model.kv_bytes_per_token / 2**30,
+                             "token_capacity": self.cfg.pool_tokens},
             "avg_spec_accept_length": None,
         }
         sim = {
@@ -171,8 +169,8 @@ class SimServer(KvBootstrap):
             "steps": self.runner.steps, "loop_lateness_s": self.runner.lateness_s, "served": self.served,
         }
         return web.json_response({**args, "max_total_num_tokens": self.cfg.pool_tokens,
-                                  "internal_states": [internal], "version": "0.5.23",
-                                  "sim": {"pytest_ppd": __version__, **sim}})
+                                  "max_req_input_len": d.max_req_input_len, "internal_states": [internal],
+                                  "version": "0.5.23", "sim": {"pytest_ppd": __version__, **sim}})
 
     # -- /generate -----------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
