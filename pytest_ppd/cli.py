@@ -1,7 +1,11 @@
-"""The ``ppd`` command: serve, validate, reap.
+"""The ``ppd`` command: serve, validate, report, compare, calibrate, predict, import-table, reap.
 
     ppd serve --backend sim --topology pd          # prints one JSON line when healthy
     ppd serve --backend sglang --topology pd --dry-run
+    ppd report DIR / ppd compare DIR BASELINE      # rebuild reports / gate a run offline
+    ppd calibrate RECORDS -o PROFILE               # fit the sim's cost profile
+    ppd predict --profile default --points "8,4096,512"
+    ppd import-table CSV -o records.jsonl          # a published table, re-proven
     ppd reap                                       # stop servers a crashed run left behind
 """
 
@@ -227,6 +231,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pytest_ppd.sim.predict import parse_points, predict
+
+    for row in predict(parse_points(args.points), args.model, args.gpu, profile=args.profile,
+                       chunked_prefill_size=args.chunked_prefill_size):
+        print(json.dumps(row))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pytest_ppd.servers.topology import TOPOLOGIES
     from pytest_ppd.specs import known_gpus, known_links, known_models
@@ -282,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("records", nargs="+", help="records.jsonl files (or results directories)")
     cal.add_argument("-o", "--output", required=True, help="profile JSON to write")
     cal.set_defaults(func=cmd_calibrate)
+
+    pred = sub.add_parser("predict", help="the sim's engine-side latency of batched appends (one JSON line each)")
+    pred.add_argument("--profile", default="default", help="cost profile JSON, or 'default' (the built-in)")
+    pred.add_argument("--model", default="Llama-3.1-8B", help="(default: Llama-3.1-8B)")
+    pred.add_argument("--gpu", default="H100-SXM", help="(default: H100-SXM)")
+    pred.add_argument("--points", required=True, help="'BS,L,M;BS,L,M;...', e.g. '1,4096,32;8,4096,512'")
+    pred.add_argument("--chunked-prefill-size", type=int, default=None, help="(default: SGLang's for the GPU)")
+    pred.set_defaults(func=cmd_predict)
 
     reap_p = sub.add_parser("reap", help="stop servers a crashed run left behind")
     reap_p.add_argument("--token", default=None, help="only this run's token (default: every run)")

@@ -90,8 +90,3 @@ def parse_grid(text: str) -> tuple[GridPoint, ...]:
         raise ConfigError(f"grid '{text}' lacks {', '.join(missing)}; use {GRID_SYNTAX}")
     return _product(axes["bs"], axes["L"], axes["m"])
 
-
-def check_context(points: tuple[GridPoint, ...], context_length: int, max_new_tokens: int) -> list[str]:
-    """Messages for points whose L + m + output exceeds the model's context length."""
-    return [f"{p.id}: L+m+{max_new_tokens} = {p.L + p.m + max_new_tokens} > context length {context_length}"
-            for p in points if p.L + p.m + max_new_tokens > context_length]

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pytest_ppd.analysis.roofline import floor_ms
+from pytest_ppd.roofline import floor_ms
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.records import SCHEMA_VERSION, Record, derived_rates
 from pytest_ppd.sglang_defaults import server_defaults

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, TypedDict
+from typing import Any, TypedDict
 
 from pytest_ppd.errors import ConfigError
 
@@ -193,9 +193,3 @@ class RecordStore:
                 out.other.append(obj)
         return out
 
-
-def iter_rounds(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    rounds: list[dict[str, Any]] = []
-    for p in paths:
-        rounds += RecordStore.read(p).rounds
-    return rounds

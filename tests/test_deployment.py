@@ -117,3 +117,24 @@ def test_the_clock_never_runs_backwards():
     dep.run(5 * NS)
     with pytest.raises(ValueError, match="already at"):
         dep.submit(_ids(10), 1, at_ns=NS)
+
+
+def test_ppd_predict_is_the_virtual_engines_batch_latency(capsys):
+    """`ppd predict` prints one JSON line per point: the engine-side TTFT of the batch, above the floor;
+    the first cold prefill is larger than an append's, and a bad point is one usage line."""
+    import json
+
+    from pytest_ppd.cli import main
+
+    assert main(["predict", "--points", "1,4096,32;8,4096,512"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["bs"], r["L"], r["m"]) for r in rows] == [(1, 4096, 32), (8, 4096, 512)]
+    assert all(r["engine_ms"] > r["floor_ms"] > 0 for r in rows)
+    dep = Deployment.from_argvs(colocated=[BASE])
+    ctx = _ids(4096)
+    dep.run_until_done([dep.submit(ctx, 1)])
+    one = dep.submit(ctx + _ids(32, 3), 1)
+    dep.run_until_done([one])
+    assert rows[0]["engine_ms"] == pytest.approx(one.ttft_ns / 1e6, abs=1e-3)
+    assert main(["predict", "--points", "1,4096"]) == 2
+    assert "is not BS,L,M" in capsys.readouterr().err

@@ -86,14 +86,3 @@ def regime_map(table: pd.DataFrame, path: str) -> pd.DataFrame:
     short = sub.assign(code=sub["regime"].map({"overhead": "O", "transition": "T", "compute": "C"}).fillna("-"))
     return short.pivot_table(index=["bs", "L"], columns="m", values="code", aggfunc="first")
 
-
-def row_regime(table: pd.DataFrame) -> pd.DataFrame:
-    """One regime per row (path, bs, L): from the log-log slope over the whole row."""
-    out = []
-    for (path, bs, L), row in table.groupby(["path", "bs", "L"], sort=True):
-        if len(row) < 2:
-            continue
-        slope = float(np.polyfit(np.log(row["m"].to_numpy(float)), np.log(row["median_ms"].to_numpy(float)), 1)[0])
-        out.append({"path": path, "bs": bs, "L": L, "slope": slope, "regime": classify(slope),
-                    "seed_ratio": float(row["seed_ratio"].iloc[0])})
-    return pd.DataFrame(out)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from pytest_ppd.analysis.stats import one_sided_p
 
-from pytest_ppd.analysis.roofline import append_work
+from pytest_ppd.roofline import append_work, operator_times_s
 from pytest_ppd.specs import GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec, model_spec
 
 # A measured route counts as faster than the other (against an expectation or a baseline) only at
@@ -178,8 +178,7 @@ class AppendRouter:
         if key not in self._work_cache:
             w = append_work(self.model, bs, L, m)  # type: ignore[arg-type]
             g: GpuSpec = self.prefill_gpu if on_p else self.gpu  # type: ignore[assignment]
-            self._work_cache[key] = (max(w.flops_linear / g.peak_flops, w.bytes_weights / g.hbm_bytes_per_s),
-                                     max(w.flops_attn / g.peak_flops, w.bytes_kv / g.hbm_bytes_per_s))
+            self._work_cache[key] = operator_times_s(w, g)
         return self._work_cache[key]
 
     def work_s(self, bs: int, L: int, m: int, on_p: bool = False) -> float:

@@ -30,10 +30,6 @@ class ExponentFit:
     n: int
     endpoint_slope: float
 
-    def contains(self, value: float) -> bool:
-        return self.ci_low <= value <= self.ci_high
-
-
 def _slope(logx: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
     slope, intercept = np.polyfit(logx, logy, 1)
     return float(slope), float(intercept)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pytest_ppd.analysis.roofline import floor_ms
+from pytest_ppd.roofline import floor_ms
 from pytest_ppd.analysis.stats import Summary, summarize
 from pytest_ppd.analysis.validity import RequestView, round_reasons
 from pytest_ppd.client.stream import RequestResult, StreamClient, build_body

@@ -3,8 +3,8 @@
 One builder serves both backends: the sim accepts SGLang's launch_server flags
 (plus --sim-*), so the argv for ``--backend sglang`` is the sim's with another
 module name and without the --sim-* part. SGLang 0.5.23's own ServerArgs parser
-accepts the sglang argv unchanged (tests/test_commands.py checks it when the
-``[sglang]`` extra is installed).
+accepts the sglang argv unchanged (tests/test_sglang_argv.py checks it where an
+SGLang CPU venv is named by PPD_SGLANG_PYTHON).
 """
 
 from __future__ import annotations

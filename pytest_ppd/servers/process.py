@@ -36,11 +36,6 @@ _GUARD_PIPE: tuple[int, int] | None = None
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
-def run_token() -> str:
-    """The token every child of this run carries in PPD_RUN_TOKEN."""
-    return _RUN_TOKEN
-
-
 def _guard_read_fd() -> int:
     """One pipe per run: only this process holds the write end; its death is EOF for every guard."""
     global _GUARD_PIPE

@@ -182,16 +182,6 @@ class GenerateRequest:
     bootstrap_room: int | None
 
 
-def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
-    if value is None:
-        return True
-    if bool in types and isinstance(value, bool):
-        return True
-    if isinstance(value, bool):  # bool is an int in Python; SGLang's contract rejects it
-        return False
-    return isinstance(value, types)
-
-
 def parse_generate(body: Any, *, vocab_size: int, context_length: int, pool_tokens: int,
                    encode: Any = None) -> GenerateRequest:
     """Validate a contract-checked /generate body as SGLang 0.5.23's tokenizer manager does (ApiError)."""

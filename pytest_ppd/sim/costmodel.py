@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
-from pytest_ppd.analysis.roofline import attention_flops
+from pytest_ppd.roofline import attention_flops, bound_s
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.specs import GpuSpec, ModelSpec
 
@@ -104,8 +104,8 @@ class CostModel:
         tp = self.tp_size
         f_linear = (2.0 * m.nonembedding_params * tokens + 2.0 * m.lm_head_params * logits) / tp
         b_weights = m.step_weight_bytes / tp
-        linear = max(f_linear / (p.eta_gemm * g.peak_flops), b_weights / (p.eta_w * g.hbm_bytes_per_s))
-        attn = max(f_attn / tp / (p.eta_attn * g.peak_flops), b_kv / tp / (p.eta_kv * g.hbm_bytes_per_s))
+        linear = bound_s(f_linear, b_weights, g, p.eta_gemm, p.eta_w)
+        attn = bound_s(f_attn / tp, b_kv / tp, g, p.eta_attn, p.eta_kv)
         allreduce = 0.0 if tp == 1 else 2 * m.num_layers * 10e-6
         return (c0 + linear + attn + allreduce) * p.slowdown
 

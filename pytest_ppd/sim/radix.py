@@ -68,10 +68,6 @@ class RadixCache:
         self.total_size = 0
         self.protected_size = 0
 
-    @property
-    def evictable_size(self) -> int:
-        return self.total_size - self.protected_size
-
     def _page_key(self, ids: Sequence[int]) -> tuple[int, ...]:
         return tuple(ids[: self.page_size])
 
