@@ -10,9 +10,9 @@ points in the baseline. A flipped regime (clear of the thresholds by
 REGIME_MARGIN) or route, or an exponent whose CI no longer overlaps the
 baseline's, is a regression too. Improvements are reported.
 
-    save(path, study, outcomes, identity)
+    save(path, build(study, outcomes, identity))
     base = load(path); check_identity(base, identity)
-    finding = compare_point(base, point, path, samples_ms)
+    findings = compare_run(base, rounds, study, gate)   # the gate, for the plugin and `ppd compare` alike
 """
 
 from __future__ import annotations
@@ -182,3 +182,19 @@ def compare_study(baseline: dict[str, Any], study: Any, exponent_tolerance: floa
             out.append(Finding(key, "regression", text) if clear else
                        Finding(key, "unchanged", f"{text}; a tie within noise, not a regression"))
     return out
+
+
+def compare_run(baseline: dict[str, Any], rounds: Iterable[dict[str, Any]], study: Any = None,
+                gate: Any = None) -> list[Finding]:
+    """The regression gate: every point of these rounds against the baseline (its valid rounds' batch
+    latencies, at the tolerance the gate settings give it), then, with a study, flipped regimes and routes
+    and moved exponents. gate: an expectations.GateSettings (None: the baseline's own tolerances)."""
+    samples: dict[str, list[float]] = {}
+    for r in rounds:
+        if r["valid"]:
+            samples.setdefault(point_key(r["bs"], r["L"], r["m"], r["path"]), []).append(r["batch_latency_ms"])
+    findings = [f for key, xs in sorted(samples.items())
+                if (f := compare_point(baseline, key, xs, gate.tolerance_for(key) if gate else None)) is not None]
+    if study is not None:
+        findings += compare_study(baseline, study, gate.exponent_tolerance if gate else None)
+    return findings

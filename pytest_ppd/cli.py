@@ -204,13 +204,7 @@ def compare_dir(directory: Path, baseline_path: Path,
                               "<backend>-<gpu>-<model>.toml files, e.g. suites/expectations")
         file = expectations_file(first["backend"], first["gpu"], first["model"], expectations, prefill_gpu)
         gate = load(file).gate if file.exists() else gate
-    samples: dict[str, list[float]] = {}
-    for r in rounds:
-        if r["valid"]:
-            samples.setdefault(bl.point_key(r["bs"], r["L"], r["m"], r["path"]), []).append(r["batch_latency_ms"])
-    findings = [f for key, xs in sorted(samples.items())
-                if (f := bl.compare_point(base, key, xs, gate.tolerance_for(key))) is not None]
-    findings += bl.compare_study(base, analyze(rounds, first["model"], first["gpu"]), gate.exponent_tolerance)
+    findings = bl.compare_run(base, rounds, analyze(rounds, first["model"], first["gpu"]), gate)
     regressions = [f.text for f in findings if f.kind == "regression"]
     others = [f.text for f in findings if f.kind != "regression"]
     return regressions, others

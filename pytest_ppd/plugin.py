@@ -231,26 +231,23 @@ def _gate_settings(request: pytest.FixtureRequest, ppd_session: PpdSession) -> "
 
 def _gate_against_baseline(request: pytest.FixtureRequest, ppd_session: PpdSession, point: GridPoint, path: str,
                            outcome: PointOutcome) -> None:
-    from pytest_ppd.baseline import compare_point, point_key
+    """This point's rounds through the one regression gate (baseline.compare_run), as `ppd compare` runs it."""
+    from pytest_ppd.baseline import compare_run
 
-    key = point_key(point.bs, point.L, point.m, path)
     try:
         base = ppd_session.baseline()
-        tolerance = _gate_settings(request, ppd_session).tolerance_for(key) if base is not None else None
+        gate = _gate_settings(request, ppd_session) if base is not None else None
     except ConfigError as exc:
-        message = str(exc)
-    else:
-        if base is None:
-            return
-        samples = [r["batch_latency_ms"] for r in outcome.valid]
-        finding = compare_point(base, key, samples, tolerance)
-        if finding is None or finding.kind == "unchanged":
-            return
+        pytest.fail(str(exc), pytrace=False)
+    if base is None:
+        return
+    findings = compare_run(base, outcome.records, gate=gate)
+    for finding in findings:
         if finding.kind == "improvement":
             ppd_session.note(finding.text)
-            return
-        message = finding.text
-    pytest.fail(message, pytrace=False)
+    regressions = [f.text for f in findings if f.kind == "regression"]
+    if regressions:
+        pytest.fail("\n".join(regressions), pytrace=False)
 
 
 @pytest.fixture
