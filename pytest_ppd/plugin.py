@@ -114,7 +114,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
             written = write_benchmark_json(ppd.config.benchmark_json, ppd.outcomes, {"backend": ppd.config.backend})
             ppd.note(f"pytest-benchmark JSON: {written}")
-        if ppd.outcomes and ppd.config.backend != "replay" and ppd._store is not None:
+        if ppd.outcomes and ppd.config.backend != "replay" and ppd.has_store:
             from pytest_ppd.report.files import build_report
 
             try:
@@ -276,4 +276,4 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
     session = config.stash.get(SESSION_KEY, None)
     if session is not None and (session.outcomes or session.infeasible or session.notes or session.has_study):
-        write_summary(terminalreporter, session)
+        write_summary(terminalreporter, session.summary())

@@ -81,6 +81,12 @@ class PointOutcome:
     records: list[dict[str, Any]]
     summary: Summary | None
 
+    @classmethod
+    def of(cls, point: GridPoint, path: str, records: list[dict[str, Any]]) -> "PointOutcome":
+        """The outcome of these rounds: the summary of the valid ones' batch latencies."""
+        valid = [r["batch_latency_ms"] for r in records if r["valid"]]
+        return cls(point, path, records, summarize(valid) if valid else None)
+
     @property
     def valid(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["valid"]]
@@ -249,8 +255,7 @@ async def measure_point_async(target: Target, point: GridPoint, settings: Settin
             records.append(json.loads(record.to_json()))
             round_ += 1
     store.mark_done(point.bs, point.L, point.m, target.path, len(records))
-    valid = [r["batch_latency_ms"] for r in records if r["valid"]]
-    return PointOutcome(point, target.path, records, summarize(valid) if valid else None)
+    return PointOutcome.of(point, target.path, records)
 
 
 def measure_point(target: Target, point: GridPoint, settings: Settings, store: RecordStore,

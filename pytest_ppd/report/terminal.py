@@ -1,17 +1,34 @@
-"""The end-of-run terminal summary: measured points, infeasible points, invalid rounds."""
+"""The end-of-run terminal summary: measured points, infeasible points, invalid rounds, the analysis.
+
+It reads a frozen RunSummary (the session builds it once everything is measured) and never measures.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pytest_ppd.session import PpdSession
+from pytest_ppd.client.runner import PointOutcome
+from pytest_ppd.grid import GridPoint
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run measured and concluded, for the terminal summary."""
+
+    outcomes: tuple[PointOutcome, ...]
+    infeasible: tuple[tuple[GridPoint, str, str], ...]
+    notes: tuple[str, ...]
+    study: Any = None  # analysis.study.Study, when the analysis ran
+    records_path: Path | None = None
 
 
 def _fmt(value: float | None, width: int = 9) -> str:
     return f"{value:{width}.1f}" if value is not None else " " * (width - 1) + "-"
 
 
-def write_summary(tr: Any, session: PpdSession) -> None:
+def write_summary(tr: Any, session: RunSummary) -> None:
     tr.write_sep("=", "pytest-ppd summary")
     rows = sorted(session.outcomes, key=lambda o: (o.point, o.path))
     if rows:
@@ -33,13 +50,12 @@ def write_summary(tr: Any, session: PpdSession) -> None:
         tr.write_line(f"infeasible points (KV pool too small to keep the context cached): {len(session.infeasible)}")
         for _, _, why in session.infeasible[:20]:
             tr.write_line(f"  {why}")
-    study = session.analysis() if session.has_study else None  # the servers are gone: analyse, never measure
-    if study is not None:
-        write_study(tr, study)
+    if session.study is not None:
+        write_study(tr, session.study)
     for line in session.notes:
         tr.write_line(line)
-    if session._store is not None:
-        tr.write_line(f"records: {session.store.path}")
+    if session.records_path is not None:
+        tr.write_line(f"records: {session.records_path}")
 
 
 def write_study(tr: Any, study: Any) -> None:
