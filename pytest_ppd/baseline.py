@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from pytest_ppd.analysis.regime import COMPUTE_FROM, OVERHEAD_BELOW, REGIME_MARGIN
-from pytest_ppd.analysis.routing import clearly_faster
+from pytest_ppd.analysis.policies import clearly_faster
 from pytest_ppd.analysis.stats import one_sided_p
 from pytest_ppd.errors import ConfigError
 
@@ -198,3 +198,35 @@ def compare_run(baseline: dict[str, Any], rounds: Iterable[dict[str, Any]], stud
     if study is not None:
         findings += compare_study(baseline, study, gate.exponent_tolerance if gate else None)
     return findings
+
+
+def compare_dir(directory: Path, baseline_path: Path,
+                expectations: Path | None = None) -> tuple[list[str], list[str]]:
+    """(regressions, other findings) of a results directory against a baseline.
+
+    Tolerances come from the [baseline] section of the expectations file for the baseline's backend, GPU
+    and model in ``expectations`` (a directory), when there is one.
+    """
+    from pytest_ppd.analysis.study import analyze
+    from pytest_ppd import expectations as ex
+    from pytest_ppd.records import RECORDS_FILE, RecordStore
+
+    rounds = RecordStore.read(directory / RECORDS_FILE).rounds
+    if not rounds:
+        raise ConfigError(f"{directory} has no measured rounds to compare")
+    base = load(baseline_path)
+    first = rounds[0]
+    prefill_gpu = next((r["prefill_gpu"] for r in rounds if r.get("prefill_gpu")), None)
+    check_identity(base, {"backend": first["backend"], "gpu": first["gpu"], "model": first["model"],
+                          "prefill_gpu": prefill_gpu})
+    gate = ex.GateSettings()
+    if expectations is not None:
+        if not expectations.is_dir():
+            raise ConfigError(f"--expectations {expectations}: not a directory; give the one holding the "
+                              "<backend>-<gpu>-<model>.toml files, e.g. suites/expectations")
+        file = ex.expectations_file(first["backend"], first["gpu"], first["model"], expectations, prefill_gpu)
+        gate = ex.load(file).gate if file.exists() else gate
+    findings = compare_run(base, rounds, analyze(rounds, first["model"], first["gpu"]), gate)
+    regressions = [f.text for f in findings if f.kind == "regression"]
+    others = [f.text for f in findings if f.kind != "regression"]
+    return regressions, others

@@ -23,6 +23,7 @@ from typing import Callable
 
 from pytest_ppd.config import api_key_from_env
 from pytest_ppd.errors import ConfigError, PpdError, ServerLaunchError
+from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_LINK, DEFAULT_MODEL
 
 EXIT_USAGE = 2
 DEFAULT_EXPECTATIONS = Path("suites") / "expectations"
@@ -177,43 +178,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_dir(directory: Path, baseline_path: Path,
-                expectations: Path | None = None) -> tuple[list[str], list[str]]:
-    """(regressions, other findings) of a results directory against a baseline.
-
-    Tolerances come from the [baseline] section of the expectations file for the baseline's backend, GPU
-    and model in ``expectations`` (a directory), when there is one.
-    """
-    from pytest_ppd import baseline as bl
-    from pytest_ppd.analysis.study import analyze
-    from pytest_ppd.expectations import GateSettings, expectations_file, load
-    from pytest_ppd.records import RECORDS_FILE, RecordStore
-
-    rounds = RecordStore.read(directory / RECORDS_FILE).rounds
-    if not rounds:
-        raise ConfigError(f"{directory} has no measured rounds to compare")
-    base = bl.load(baseline_path)
-    first = rounds[0]
-    prefill_gpu = next((r["prefill_gpu"] for r in rounds if r.get("prefill_gpu")), None)
-    bl.check_identity(base, {"backend": first["backend"], "gpu": first["gpu"], "model": first["model"],
-                             "prefill_gpu": prefill_gpu})
-    gate = GateSettings()
-    if expectations is not None:
-        if not expectations.is_dir():
-            raise ConfigError(f"--expectations {expectations}: not a directory; give the one holding the "
-                              "<backend>-<gpu>-<model>.toml files, e.g. suites/expectations")
-        file = expectations_file(first["backend"], first["gpu"], first["model"], expectations, prefill_gpu)
-        gate = load(file).gate if file.exists() else gate
-    findings = bl.compare_run(base, rounds, analyze(rounds, first["model"], first["gpu"]), gate)
-    regressions = [f.text for f in findings if f.kind == "regression"]
-    others = [f.text for f in findings if f.kind != "regression"]
-    return regressions, others
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     expectations = args.expectations
     if expectations is None and DEFAULT_EXPECTATIONS.is_dir():
         expectations = str(DEFAULT_EXPECTATIONS)
+    from pytest_ppd.baseline import compare_dir
+
     regressions, others = compare_dir(_results_dir(args.dir), Path(args.baseline),
                                       Path(expectations) if expectations else None)
     for line in others:
@@ -246,12 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--topology", choices=TOPOLOGIES, default="pd", help="(default: pd)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=30000, help="router or colocated port (default: 30000)")
-    serve.add_argument("--model", default="Llama-3.1-8B",
-                       help=f"built-in ({', '.join(known_models())}) or a model directory (default: Llama-3.1-8B)")
-    serve.add_argument("--gpu", default="H100-SXM", help=f"{', '.join(known_gpus())} (default: H100-SXM)")
+    serve.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"built-in ({', '.join(known_models())}) or a model directory (default: {DEFAULT_MODEL})")
+    serve.add_argument("--gpu", default=DEFAULT_GPU, help=f"{', '.join(known_gpus())} (default: {DEFAULT_GPU})")
     serve.add_argument("--prefill-gpu", default=None, metavar="GPU",
                        help="sim pd: the prefill engine's GPU, when it differs from --gpu (default: --gpu)")
-    serve.add_argument("--link", default="ib-ndr", help=f"{', '.join(known_links())} (default: ib-ndr)")
+    serve.add_argument("--link", default=DEFAULT_LINK, help=f"{', '.join(known_links())} (default: {DEFAULT_LINK})")
     serve.add_argument("--tp-size", type=int, default=1, help="(default: 1)")
     serve.add_argument("--share-gpu", action="store_true",
                        help="sglang pd on one GPU: split --mem-fraction-static (default: off)")
@@ -281,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import-table", help="a published latency table (CSV: bs,L,m,latency_ms) as records")
     imp.add_argument("table")
     imp.add_argument("-o", "--output", required=True)
-    imp.add_argument("--model", default="Llama-3.1-8B")
-    imp.add_argument("--gpu", default="H100-SXM")
+    imp.add_argument("--model", default=DEFAULT_MODEL)
+    imp.add_argument("--gpu", default=DEFAULT_GPU)
     imp.set_defaults(func=cmd_import_table)
 
     cal = sub.add_parser("calibrate", help="fit the sim's cost profile to measured LOCAL rounds")
@@ -292,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser("predict", help="the sim's engine-side latency of batched appends (one JSON line each)")
     pred.add_argument("--profile", default="default", help="cost profile JSON, or 'default' (the built-in)")
-    pred.add_argument("--model", default="Llama-3.1-8B", help="(default: Llama-3.1-8B)")
-    pred.add_argument("--gpu", default="H100-SXM", help="(default: H100-SXM)")
+    pred.add_argument("--model", default=DEFAULT_MODEL, help=f"(default: {DEFAULT_MODEL})")
+    pred.add_argument("--gpu", default=DEFAULT_GPU, help=f"(default: {DEFAULT_GPU})")
     pred.add_argument("--points", required=True, help="'BS,L,M;BS,L,M;...', e.g. '1,4096,32;8,4096,512'")
     pred.add_argument("--chunked-prefill-size", type=int, default=None, help="(default: SGLang's for the GPU)")
     pred.set_defaults(func=cmd_predict)

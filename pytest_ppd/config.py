@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.grid import GridPoint, parse_grid
-from pytest_ppd.specs import GpuSpec, ModelSpec, gpu_spec, model_spec
+from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_MODEL, GpuSpec, ModelSpec, gpu_spec, model_spec
 
 BACKENDS = ("virtual", "sim", "sglang", "external", "replay")
 DEFAULT_BACKEND = "virtual"
@@ -135,9 +135,9 @@ class PpdConfig:
     backend_why: str = WHY_DEFAULT
     grid_name: str = "smoke"
     grid: tuple[GridPoint, ...] = ()
-    model: ModelSpec = model_spec("Llama-3.1-8B")
-    model_arg: str = "Llama-3.1-8B"  # the name or path as given: what the launcher loads
-    gpu: GpuSpec = gpu_spec("H100-SXM")
+    model: ModelSpec = model_spec(DEFAULT_MODEL)
+    model_arg: str = DEFAULT_MODEL  # the name or path as given: what the launcher loads
+    gpu: GpuSpec = gpu_spec(DEFAULT_GPU)
     prefill_gpu: GpuSpec | None = None  # P's GPU when it differs from D's (heterogeneous P/D)
     reps: int = 3
     max_reps: int = 10
@@ -188,11 +188,11 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
     except ConfigError as exc:
         raise ConfigError(f"--ppd-grid: {exc}") from None
     try:
-        model = model_spec(get("model", "Llama-3.1-8B"))
+        model = model_spec(get("model", DEFAULT_MODEL))
     except ConfigError as exc:
         raise ConfigError(f"--ppd-model: {exc}") from None
     try:
-        gpu = gpu_spec(get("gpu", "H100-SXM"))
+        gpu = gpu_spec(get("gpu", DEFAULT_GPU))
     except ConfigError as exc:
         raise ConfigError(f"--ppd-gpu: {exc}") from None
     prefill_gpu = None
@@ -234,7 +234,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
     expectations_arg, benchmark_json_arg = get("expectations"), get("benchmark_json")
     cfg = PpdConfig(
         backend=backend, backend_why=why, grid_name=grid_name, grid=grid, model=model,
-        model_arg=get("model", "Llama-3.1-8B"),
+        model_arg=get("model", DEFAULT_MODEL),
         gpu=gpu, prefill_gpu=prefill_gpu, reps=reps,
         max_reps=max_reps, ci=parse_ci(get("ci", "0.05")), timeout_s=parse_timeout(get("timeout", "600")),
         results=results, resume=resume, urls=urls, replay=replay,

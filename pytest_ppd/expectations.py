@@ -38,7 +38,7 @@ from typing import Any
 import pandas as pd
 
 from pytest_ppd.analysis.regime import COMPUTE_FROM, OVERHEAD_BELOW, REGIME_MARGIN, REGIMES
-from pytest_ppd.analysis.routing import clearly_faster
+from pytest_ppd.analysis.policies import clearly_faster
 from pytest_ppd.analysis.scaling import fit_exponent
 from pytest_ppd.errors import ConfigError
 

@@ -21,6 +21,7 @@ from pytest_ppd.config import PATHS, build_config
 from pytest_ppd.errors import ConfigError, PpdError
 from pytest_ppd.grid import GRID_SYNTAX, GridPoint
 from pytest_ppd.session import Infeasible, PpdSession
+from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from pytest_ppd.analysis.study import Study
@@ -35,8 +36,8 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("backend", "NAME", "virtual", "virtual (modeled GPU time, in-process), sim (served engines behind the real "
      "sglang-router), sglang, external or replay"),
     ("grid", "GRID", "smoke", GRID_SYNTAX),
-    ("model", "MODEL", "Llama-3.1-8B", "built-in model name or a path to a HF config.json / model dir"),
-    ("gpu", "GPU", "H100-SXM", "GPU the floor and the sim use (H100-SXM, H100-PCIe, H200, A100-80GB, B200, L40S)"),
+    ("model", "MODEL", DEFAULT_MODEL, "built-in model name or a path to a HF config.json / model dir"),
+    ("gpu", "GPU", DEFAULT_GPU, "GPU the floor and the sim use (H100-SXM, H100-PCIe, H200, A100-80GB, B200, L40S)"),
     ("prefill-gpu", "GPU", "--ppd-gpu", "the prefill side's GPU when it differs (heterogeneous P/D; sim or "
      "external)"),
     ("reps", "N", "3", "minimum valid rounds per point and path"),

@@ -78,6 +78,12 @@ def _canonical(name: str) -> str:
     return base.replace("_", "-")
 
 
+# The one table of defaults: every option, command and server that needs a model, a GPU or a link
+# without being told takes it from here.
+DEFAULT_MODEL = "Llama-3.1-8B"
+DEFAULT_GPU = "H100-SXM"
+DEFAULT_LINK = "ib-ndr"
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The architecture facts the cost model and the floor need."""

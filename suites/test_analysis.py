@@ -34,7 +34,8 @@ def test_routing_boundary_and_router_regret(ppd_study, ppd_expectations, ppd_ses
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from pytest_ppd.analysis.routing import LOCAL, trained_router  # noqa: E402
+from pytest_ppd.analysis.policies import trained_router  # noqa: E402
+from pytest_ppd.analysis.routing import LOCAL  # noqa: E402
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

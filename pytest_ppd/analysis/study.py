@@ -15,7 +15,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from pytest_ppd.analysis.regime import regime_table, rounds_frame
-from pytest_ppd.analysis.routing import RouterParams, compare_policies, truth_table
+from pytest_ppd.analysis.policies import compare_policies, truth_table
+from pytest_ppd.analysis.routing import RouterParams
 from pytest_ppd.analysis.scaling import fit_exponent
 
 

@@ -22,6 +22,7 @@ from pytest_ppd.analysis.stats import summarize
 from pytest_ppd.analysis.study import Study, analyze
 from pytest_ppd.baseline import write_atomic
 from pytest_ppd.records import RECORDS_FILE, RecordStore, StoredRecords
+from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_MODEL
 
 
 def point_table(rounds: list[dict[str, Any]], study: Study) -> pd.DataFrame:
@@ -136,7 +137,7 @@ def build_report(results_dir: Path, model: Any = None, gpu: Any = None,
 
     stored = RecordStore.read(Path(results_dir) / RECORDS_FILE)
     first = stored.rounds[0] if stored.rounds else {}
-    study = analyze(stored.rounds, model or first.get("model", "Llama-3.1-8B"), gpu or first.get("gpu", "H100-SXM"))
+    study = analyze(stored.rounds, model or first.get("model", DEFAULT_MODEL), gpu or first.get("gpu", DEFAULT_GPU))
     points = point_table(stored.rounds, study)
     results_dir = Path(results_dir)
     written = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_ppd.errors import ConfigError
+from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_LINK
 
 BACKEND_MODULES = {"sim": "pytest_ppd.sim", "sglang": "sglang.launch_server"}
 ROUTER_MODULE = "sglang_router.launch_router"
@@ -46,9 +47,9 @@ class LaunchSpec:
     max_total_tokens: int | None = None
     page_size: int | None = None
     api_key: str | None = None
-    sim_gpu: str = "H100-SXM"
+    sim_gpu: str = DEFAULT_GPU
     sim_prefill_gpu: str | None = None  # the prefill engine's GPU, when it differs (heterogeneous P/D)
-    sim_link: str = "ib-ndr"
+    sim_link: str = DEFAULT_LINK
     sim_flags: tuple[str, ...] = ()
     extra_engine_args: tuple[str, ...] = field(default_factory=tuple)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from pytest_ppd.errors import ConfigError, ServerLaunchError
 from pytest_ppd.servers.commands import EngineLaunch, LaunchSpec, engine_argv, router_argv
 from pytest_ppd.servers.process import ServerProcess, free_port, port_is_free
-from pytest_ppd.specs import gpu_spec, link_spec, model_spec
+from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_LINK, DEFAULT_MODEL, gpu_spec, link_spec, model_spec
 
 TOPOLOGIES = ("pd", "colocated")
 STARTUP_TIMEOUT_S = {"sim": 60.0, "sglang": 1800.0}
@@ -33,9 +33,9 @@ class TopologyConfig:
     kind: str = "pd"
     host: str = "127.0.0.1"
     port: int | None = None  # entry port (router or colocated engine); None = any free port
-    model: str = "Llama-3.1-8B"
-    gpu: str = "H100-SXM"
-    link: str = "ib-ndr"
+    model: str = DEFAULT_MODEL
+    gpu: str = DEFAULT_GPU
+    link: str = DEFAULT_LINK
     tp_size: int = 1
     share_gpu: bool = False  # sglang pd on one GPU: split --mem-fraction-static
     transfer_backend: str = "mooncake"

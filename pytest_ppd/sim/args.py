@@ -13,7 +13,8 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.costmodel import CostModel, CostProfile
 from pytest_ppd.sim.engine import Engine
 from pytest_ppd.sglang_defaults import MAX_PREFILL_TOKENS, NUM_RESERVED_DECODE_TOKENS, ServerDefaults, server_defaults
-from pytest_ppd.specs import GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec, model_spec
+from pytest_ppd.specs import (DEFAULT_GPU, DEFAULT_LINK, GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec,
+                              model_spec)
 
 DISAGG_MODES = ("null", "prefill", "decode")
 TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori")
@@ -59,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--num-reserved-decode-tokens", type=int, default=NUM_RESERVED_DECODE_TOKENS)
     sg.add_argument("--cuda-graph-max-bs-decode", type=int, default=None)
     sim = p.add_argument_group("simulation (--sim-*)")
-    sim.add_argument("--sim-gpu", default="H100-SXM", help="GPU to simulate (default: H100-SXM)")
-    sim.add_argument("--sim-link", default="ib-ndr", help="P/D KV-transfer link (default: ib-ndr)")
+    sim.add_argument("--sim-gpu", default=DEFAULT_GPU, help=f"GPU to simulate (default: {DEFAULT_GPU})")
+    sim.add_argument("--sim-link", default=DEFAULT_LINK, help=f"P/D KV-transfer link (default: {DEFAULT_LINK})")
     sim.add_argument("--sim-profile", default=None, help="cost profile JSON (default: built-in)")
     sim.add_argument("--sim-slowdown", type=float, default=1.0,
                      help="multiply every step time by this factor >= 1 (default: 1.0)")

@@ -24,77 +24,18 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from pytest_ppd.errors import ConfigError
-from pytest_ppd.sim.args import SimConfig, engine_for, profile_for, resolve
-from pytest_ppd.sim.engine import Batch, Engine, SimRequest
+from pytest_ppd.sim.args import SimConfig, resolve
+from pytest_ppd.sim.engine import Batch, SimRequest
+from pytest_ppd.sim.nodes import NS, Node, Request, node_for, to_ns
 
-NS = 1_000_000_000
+__all__ = ["NS", "Deployment", "Node", "Request", "to_ns"]
+
 # Event kinds, in the order they happen when due at the same instant.
 _ADD, _KV_READY, _STEP_DONE, _CALL = 0, 1, 2, 3
-
-
-def to_ns(seconds: float) -> int:
-    return int(round(seconds * NS))
-
-
-@dataclass(eq=False)
-class Request:
-    """A client's view of one request: exact ids in, token times and SGLang's meta_info out."""
-
-    rid: str
-    input_ids: list[int]
-    max_new_tokens: int
-    sent_ns: int
-    token_ns: list[int] = field(default_factory=list)  # when each output token reached the client
-    output_ids: list[int] = field(default_factory=list)
-    done_ns: int | None = None
-    error: str | None = None
-    meta_info: dict[str, Any] = field(default_factory=dict)
-    prefill: str | None = None  # engine names the router chose
-    engine: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.done_ns is not None
-
-    @property
-    def ttft_ns(self) -> int | None:
-        """TTFT = first token at the client - request sent."""
-        return self.token_ns[0] - self.sent_ns if self.token_ns else None
-
-
-@dataclass(eq=False)
-class Node:
-    """One engine of the deployment and the KV link into it (decode side)."""
-
-    name: str
-    role: str  # "colocated" | "prefill" | "decode"
-    cfg: SimConfig
-    engine: Engine
-    overhead_ns: int
-    bootstrap_ns: int = 0
-    busy: bool = False
-    link_free_ns: int = 0
-    steps: int = 0
-    slow_prompts: dict[int, float] = field(default_factory=dict)
-
-    def transfer_ns(self, tokens: int) -> int:
-        return to_ns(self.cfg.link.transfer_s(tokens * self.cfg.model.kv_bytes_per_token)) + self.bootstrap_ns
-
-
-def _node(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:
-    args = cfg.args
-    profile = profile_for(args)
-    engine = engine_for(cfg, profile)
-    role = args.disaggregation_mode if args.disaggregation_mode != "null" else "colocated"
-    if cfg.faults:
-        raise ConfigError("--sim-fault needs served engines: faults are injected into HTTP servers; "
-                          "use --ppd-backend=sim for fault studies")
-    return Node(name, role, cfg, engine, to_ns(profile.request_overhead_s), to_ns(bootstrap_s),
-                slow_prompts=dict(cfg.slow_prompts))
 
 
 @dataclass(eq=False)
@@ -124,9 +65,9 @@ class Deployment:
             raise ConfigError("a P/D deployment needs at least one prefill and one decode engine")
         if not (colocated or prefill):
             raise ConfigError("a deployment needs engines: colocated=[...] or prefill=[...] and decode=[...]")
-        self.colocated = [_node(f"colocated{i}", c, bootstrap_s) for i, c in enumerate(colocated)]
-        self.prefill = [_node(f"prefill{i}", c, bootstrap_s) for i, c in enumerate(prefill)]
-        self.decode = [_node(f"decode{i}", c, bootstrap_s) for i, c in enumerate(decode)]
+        self.colocated = [node_for(f"colocated{i}", c, bootstrap_s) for i, c in enumerate(colocated)]
+        self.prefill = [node_for(f"prefill{i}", c, bootstrap_s) for i, c in enumerate(prefill)]
+        self.decode = [node_for(f"decode{i}", c, bootstrap_s) for i, c in enumerate(decode)]
         for group, role in ((self.colocated, "colocated"), (self.prefill, "prefill"), (self.decode, "decode")):
             wrong = [n.name for n in group if n.role != role]
             if wrong:

@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from pytest_ppd import __version__
 from pytest_ppd.sim.api import (ApiError, GenerateRequest, contract_error, error_body, parse_generate, realtime,
                                 stream_error_event)
 from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
 from pytest_ppd.sim.clock import WallClockRunner
 from pytest_ppd.sim.engine import Event, SimRequest
 from pytest_ppd.sim.faults import Fault, FaultPlan
+from pytest_ppd.sim.info import model_info_body, server_info_body
 from pytest_ppd.sim.pd import KvBootstrap
 from pytest_ppd.sim.tokenizer import SimTokenizer
 
@@ -116,25 +116,14 @@ class SimServer(KvBootstrap):
         return web.Response(status=400, text="Cache not flushed. Please check backend logs for more details. "
                             "(When there are running or waiting requests, the operation will not be performed.)\n")
 
-    def _served_name(self) -> str:
-        return self.args.served_model_name or self.args.model_path
-
     async def model_info(self, _request: web.Request) -> web.Response:
-        return web.json_response({
-            "model_path": self.args.model_path,
-            "tokenizer_path": self.args.tokenizer_path or self.args.model_path,
-            "is_generation": True, "preferred_sampling_params": None,
-            "weight_version": "default", "has_image_understanding": False,
-            "has_audio_understanding": False,
-            "model_type": self.cfg.model.config.get("model_type") if self.cfg.model.config else None,
-            "architectures": (self.cfg.model.config or {}).get("architectures"),
-        })
+        return web.json_response(model_info_body(self.cfg))
 
     async def models(self, _request: web.Request) -> web.Response:
+        name = self.args.served_model_name or self.args.model_path
         return web.json_response({"object": "list", "data": [{
-            "id": self._served_name(), "object": "model", "created": int(time.time()),
-            "owned_by": "sglang", "root": self._served_name(), "max_model_len": self.cfg.context_length,
-        }]})
+            "id": name, "object": "model", "created": int(time.time()), "owned_by": "sglang", "root": name,
+            "max_model_len": self.cfg.context_length}]})
 
     async def get_load(self, _request: web.Request) -> web.Response:
         e = self.engine
@@ -142,35 +131,8 @@ class SimServer(KvBootstrap):
                                    "num_waiting_reqs": len(e.waiting), "num_tokens": e.used_tokens}])
 
     async def server_info(self, _request: web.Request) -> web.Response:
-        """SGLang 0.5.23's keys and nesting (entrypoints/http_server.py, scheduler internal_state.py)."""
-        d = self.cfg.resolved
-        args = {k: v for k, v in vars(self.args).items() if not k.startswith("sim_") and k != "api_key"}
-        args.update(mem_fraction_static=d.mem_fraction_static, chunked_prefill_size=d.chunked_prefill_size,
-                    max_prefill_tokens=d.max_prefill_tokens, page_size=d.page_size,
-                    attention_backend=d.attention_backend, disable_radix_cache=d.disable_radix_cache,
-                    context_length=d.context_length, num_reserved_decode_tokens=self.args.num_reserved_decode_tokens,
-                    cuda_graph_config={
-                        "decode": {"backend": "full" if d.cuda_graph_max_bs else "disabled",
-                                   "max_bs": d.cuda_graph_max_bs or None},
-                        "prefill": {"backend": "disabled" if d.mode == "decode" else "breakable",
-                                    "max_bs": None if d.mode == "decode" else d.chunked_prefill_size}})
-        e = self.engine
-        internal = {
-            **args, "max_total_num_tokens": self.cfg.pool_tokens, "max_req_input_len": d.max_req_input_len,
-            "effective_max_running_requests_per_dp": self.cfg.max_running_requests, "last_gen_throughput": 0.0,
-            "memory_usage": {"weight": self.cfg.model.weight_bytes / 2**30,
-                             "kvcache": e.used_tokens * self.cfg.model.kv_bytes_per_token / 2**30,
-                             "token_capacity": self.cfg.pool_tokens},
-            "avg_spec_accept_length": None,
-        }
-        sim = {
-            "gpu": self.cfg.gpu.name, "link": self.cfg.link.name, "profile": self.profile.__dict__,
-            "kv_bytes_per_token": self.cfg.model.kv_bytes_per_token, "cached_tokens_in_tree": e.cache.total_size,
-            "steps": self.runner.steps, "loop_lateness_s": self.runner.lateness_s, "served": self.served,
-        }
-        return web.json_response({**args, "max_total_num_tokens": self.cfg.pool_tokens,
-                                  "max_req_input_len": d.max_req_input_len, "internal_states": [internal],
-                                  "version": "0.5.23", "sim": {"pytest_ppd": __version__, **sim}})
+        extra = {"steps": self.runner.steps, "loop_lateness_s": self.runner.lateness_s, "served": self.served}
+        return web.json_response(server_info_body(self.cfg, self.engine, self.profile, extra))
 
     # -- /generate -----------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:

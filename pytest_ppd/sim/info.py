@@ -1,0 +1,50 @@
+"""What /server_info answers: SGLang 0.5.23's keys and nesting (entrypoints/http_server.py and the
+scheduler's internal_state.py), from the engine's resolved configuration, plus a "sim" section.
+
+    server_info_body(cfg, engine, profile, {"steps": 10})["internal_states"][0]["max_total_num_tokens"]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_ppd import __version__
+from pytest_ppd.sim.args import SimConfig
+from pytest_ppd.sim.costmodel import CostProfile
+from pytest_ppd.sim.engine import Engine
+
+
+def server_info_body(cfg: SimConfig, engine: Engine, profile: CostProfile, sim_extra: dict[str, Any]) -> dict[str, Any]:
+    """The flat resolved arguments, the scheduler's numbers, internal_states per DP rank, the version."""
+    d = cfg.resolved
+    args = {k: v for k, v in vars(cfg.args).items() if not k.startswith("sim_") and k != "api_key"}
+    args.update(mem_fraction_static=d.mem_fraction_static, chunked_prefill_size=d.chunked_prefill_size,
+                max_prefill_tokens=d.max_prefill_tokens, page_size=d.page_size,
+                attention_backend=d.attention_backend, disable_radix_cache=d.disable_radix_cache,
+                context_length=d.context_length, num_reserved_decode_tokens=cfg.args.num_reserved_decode_tokens,
+                cuda_graph_config={
+                    "decode": {"backend": "full" if d.cuda_graph_max_bs else "disabled",
+                               "max_bs": d.cuda_graph_max_bs or None},
+                    "prefill": {"backend": "disabled" if d.mode == "decode" else "breakable",
+                                "max_bs": None if d.mode == "decode" else d.chunked_prefill_size}})
+    kv = cfg.model.kv_bytes_per_token
+    internal = {
+        **args, "max_total_num_tokens": cfg.pool_tokens, "max_req_input_len": d.max_req_input_len,
+        "effective_max_running_requests_per_dp": cfg.max_running_requests, "last_gen_throughput": 0.0,
+        "memory_usage": {"weight": cfg.model.weight_bytes / 2**30, "kvcache": engine.used_tokens * kv / 2**30,
+                         "token_capacity": cfg.pool_tokens},
+        "avg_spec_accept_length": None,
+    }
+    sim = {"pytest_ppd": __version__, "gpu": cfg.gpu.name, "link": cfg.link.name, "profile": profile.__dict__,
+           "kv_bytes_per_token": kv, "cached_tokens_in_tree": engine.cache.total_size, **sim_extra}
+    return {**args, "max_total_num_tokens": cfg.pool_tokens, "max_req_input_len": d.max_req_input_len,
+            "internal_states": [internal], "version": "0.5.23", "sim": sim}
+
+
+def model_info_body(cfg: SimConfig) -> dict[str, Any]:
+    """/model_info (/get_model_info): where the router looks for a tokenizer directory."""
+    config = cfg.model.config or {}
+    return {"model_path": cfg.args.model_path, "tokenizer_path": cfg.args.tokenizer_path or cfg.args.model_path,
+            "is_generation": True, "preferred_sampling_params": None, "weight_version": "default",
+            "has_image_understanding": False, "has_audio_understanding": False,
+            "model_type": config.get("model_type"), "architectures": config.get("architectures")}

@@ -1,0 +1,78 @@
+"""The parts of a virtual-time deployment: the client's handle of a request, and one engine with its link.
+
+    node = node_for("decode0", resolve(argv), bootstrap_s=0.0)
+    node.transfer_ns(4096)       # the KV of 4096 tokens over the link into this engine
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
+from pytest_ppd.sim.engine import Engine
+
+NS = 1_000_000_000
+
+
+def to_ns(seconds: float) -> int:
+    return int(round(seconds * NS))
+
+
+@dataclass(eq=False)
+class Request:
+    """A client's view of one request: exact ids in, token times and SGLang's meta_info out."""
+
+    rid: str
+    input_ids: list[int]
+    max_new_tokens: int
+    sent_ns: int
+    token_ns: list[int] = field(default_factory=list)  # when each output token reached the client
+    output_ids: list[int] = field(default_factory=list)
+    done_ns: int | None = None
+    error: str | None = None
+    meta_info: dict[str, Any] = field(default_factory=dict)
+    prefill: str | None = None  # engine names the router chose
+    engine: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.done_ns is not None
+
+    @property
+    def ttft_ns(self) -> int | None:
+        """TTFT = first token at the client - request sent."""
+        return self.token_ns[0] - self.sent_ns if self.token_ns else None
+
+
+@dataclass(eq=False)
+class Node:
+    """One engine of the deployment and the KV link into it (decode side)."""
+
+    name: str
+    role: str  # "colocated" | "prefill" | "decode"
+    cfg: SimConfig
+    engine: Engine
+    overhead_ns: int
+    bootstrap_ns: int = 0
+    busy: bool = False
+    link_free_ns: int = 0
+    steps: int = 0
+    slow_prompts: dict[int, float] = field(default_factory=dict)
+
+    def transfer_ns(self, tokens: int) -> int:
+        return to_ns(self.cfg.link.transfer_s(tokens * self.cfg.model.kv_bytes_per_token)) + self.bootstrap_ns
+
+
+def node_for(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:
+    """An engine as cfg (the sim's argv, resolved) configures it; faults need served engines."""
+    args = cfg.args
+    profile = profile_for(args)
+    engine = engine_for(cfg, profile)
+    role = args.disaggregation_mode if args.disaggregation_mode != "null" else "colocated"
+    if cfg.faults:
+        raise ConfigError("--sim-fault needs served engines: faults are injected into HTTP servers; "
+                          "use --ppd-backend=sim for fault studies")
+    return Node(name, role, cfg, engine, to_ns(profile.request_overhead_s), to_ns(bootstrap_s),
+                slow_prompts=dict(cfg.slow_prompts))
