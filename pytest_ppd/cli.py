@@ -205,6 +205,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pytest_ppd.servers.commands import TRANSFER_BACKENDS
     from pytest_ppd.servers.topology import TOPOLOGIES
     from pytest_ppd.specs import known_gpus, known_links, known_models
 
@@ -225,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tp-size", type=int, default=1, help="(default: 1)")
     serve.add_argument("--share-gpu", action="store_true",
                        help="sglang pd on one GPU: split --mem-fraction-static (default: off)")
-    serve.add_argument("--transfer-backend", default="mooncake", help="sglang KV transfer (default: mooncake)")
+    serve.add_argument("--transfer-backend", default="auto", choices=TRANSFER_BACKENDS,
+                       help="P/D KV transfer; auto: mooncake with an RDMA device, else mooncake_tcp (default: auto)")
     serve.add_argument("--sim-flag", action="append", metavar="FLAG",
                        help="extra --sim-* flag for every sim engine, e.g. --sim-flag=--sim-slowdown=1.2")
     serve.add_argument("--workdir", default=None, help="model dir and logs (default: a new temp dir)")

@@ -154,6 +154,7 @@ class PpdConfig:
     expectations: Path | None = None
     sim_args: tuple[str, ...] = ()
     benchmark_json: Path | None = None
+    transfer_backend: str = "mooncake_tcp"  # resolved from "auto" when the config is built
 
     @property
     def config_hash(self) -> str:
@@ -227,6 +228,12 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         if not replay.is_file():
             raise ConfigError(f"--ppd-replay: {replay} does not exist; give a records.jsonl file")
     sim_args = parse_sim_args(get("sim_args", ""))
+    from pytest_ppd.servers.commands import resolve_transfer_backend
+
+    try:
+        transfer = resolve_transfer_backend(get("transfer_backend", "auto"))
+    except ConfigError as exc:
+        raise ConfigError(f"--ppd-transfer-backend: {exc}") from None
     if backend == "virtual" and any(a.startswith("--sim-fault") for a in sim_args):
         raise ConfigError("--ppd-sim-args: --sim-fault needs served engines (faults hit HTTP servers); "
                           "add --ppd-backend=sim")
@@ -242,7 +249,7 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         save_baseline=Path(save_baseline_arg) if save_baseline_arg else None,
         api_key=api_key_from_env(),
         expectations=Path(expectations_arg).expanduser() if expectations_arg else None,
-        sim_args=sim_args,
+        sim_args=sim_args, transfer_backend=transfer,
         benchmark_json=Path(benchmark_json_arg).expanduser() if benchmark_json_arg else None,
     )
     _check_fresh_ids(grid, max_reps, model)

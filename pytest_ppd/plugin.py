@@ -51,6 +51,8 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("url", "URL", None, "external backend: URL (remote path) or local=URL,remote=URL"),
     ("expectations", "DIR", None, "expectations directory (default: expectations/ beside the suite module)"),
     ("benchmark-json", "FILE", None, "also write the measured points in pytest-benchmark's JSON format"),
+    ("transfer-backend", "NAME", "auto", "P/D KV transfer: auto (mooncake with an RDMA device, else mooncake_tcp), "
+     "mooncake, mooncake_tcp, nixl"),
     ("sim-args", "ARGS", None,
      "extra --sim-* flags for every sim engine, e.g. '--sim-fault=crash@5 --sim-slowdown=1.2'"),
 ]
@@ -131,6 +133,8 @@ def pytest_report_header(config: pytest.Config) -> str | list[str]:
     c = s.config
     v = s.versions()
     gpus = c.gpu.name if c.prefill_gpu is None else f"{c.gpu.name} prefill_gpu={c.prefill_gpu.name}"
+    if c.backend in ("sim", "sglang"):
+        gpus += f" transfer={c.transfer_backend}"
     header = (f"ppd: backend={c.backend} model={c.model.name} gpu={gpus} grid={c.grid_name} "
             f"({len(c.grid)} points) reps={c.reps}..{c.max_reps} ci={c.ci:g} "
             f"sglang={v['sglang']} sglang-router={v['sglang_router']}")
@@ -146,16 +150,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _order(item: pytest.Item) -> int:
-    """-1 plain tests, 0 LOCAL, 1 REMOTE, 2 analysis (needs every measurement first)."""
+    """0 REMOTE, 1 plain tests, 2 LOCAL, 3 analysis (needs every measurement first).
+
+    REMOTE first: a broken P/D setup (transfer backend, router) fails in the first minute, not after the
+    whole LOCAL half of the grid; plain tests (interference) measure on the LOCAL server, so they run just
+    before the LOCAL points and share its start."""
     if {"ppd_study", "ppd_baseline"} & set(getattr(item, "fixturenames", ())):
-        return len(PATHS)
+        return 3
     callspec = getattr(item, "callspec", None)
     path = callspec.params.get("ppd_path") if callspec is not None else None
-    return PATHS.index(path) if path in PATHS else -1
+    return {"remote": 0, "local": 2}.get(str(path), 1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # All LOCAL tests, then all REMOTE ones: each topology starts once, never two at a time.
+    # All REMOTE tests, then all LOCAL ones: each topology starts once, never two at a time.
     items.sort(key=_order)
     measuring = any("ppd_measure" in getattr(item, "fixturenames", ()) for item in items)
     if measuring and config.getoption("benchmark_only", default=False):

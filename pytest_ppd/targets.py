@@ -18,7 +18,7 @@ import httpx
 from pytest_ppd import __version__
 from pytest_ppd.client.runner import Target
 from pytest_ppd.config import PpdConfig
-from pytest_ppd.errors import ConfigError
+from pytest_ppd.errors import ConfigError, ServerLaunchError
 from pytest_ppd.servers.commands import mask_secrets
 from pytest_ppd.servers.topology import Topology, TopologyConfig, plan, start
 
@@ -70,6 +70,7 @@ class Targets:
         self._targets: dict[str, Target] = {}
         self._deployments: dict[str, Any] = {}  # virtual backend: path -> Deployment
         self.suspect = False  # the last point failed: check the servers before the next one
+        self._failed: dict[str, ServerLaunchError] = {}
 
     def versions(self) -> dict[str, str]:
         return versions(self.config.backend)
@@ -104,10 +105,16 @@ class Targets:
             return self._external_target(path)
         if self.config.backend == "virtual":
             return self._virtual_target(path)
+        if path in self._failed:  # a topology that could not start is not retried for every point
+            raise self._failed[path]
         self.stop()  # one topology at a time on a shared GPU
         c = self.config
         topo = plan(self._topology_config(path), self._results_dir() / "servers" / path)
-        self._topology = start(topo)
+        try:
+            self._topology = start(topo)
+        except ServerLaunchError as exc:
+            self._failed[path] = exc
+            raise
         engines = topo.prefill + topo.decode if path == "remote" else [topo.entry_url]
         infos = [server_info(url, c.api_key) for url in engines]
         pools = [p for p in (pool_tokens_of(i) for i in infos) if p is not None]
@@ -129,7 +136,8 @@ class Targets:
         c = self.config
         return TopologyConfig(backend="sim" if c.backend == "virtual" else c.backend, kind=TOPOLOGY_OF_PATH[path],
                               model=c.model_arg, gpu=c.gpu.name, api_key=c.api_key, sim_flags=c.sim_args,
-                              prefill_gpu=c.prefill_gpu.name if c.prefill_gpu else None)
+                              prefill_gpu=c.prefill_gpu.name if c.prefill_gpu else None,
+                              transfer_backend=c.transfer_backend)
 
     def _virtual_target(self, path: str) -> Target:
         """In-process engines on a virtual clock: both paths can live side by side (no GPU to share)."""

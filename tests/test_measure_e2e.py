@@ -272,4 +272,4 @@ def pytest_unconfigure(config):
     result = pytester.runpytest_subprocess("--ppd-backend=sim", "--ppd-grid=bs=1,64;L=16384;m=16,32",
                                            f"--ppd-results={pytester.path / 'r'}", "--ppd-max-reps=3", "-rs")
     result.stdout.fnmatch_lines(["*infeasible: bs64-L16384-m16: BS*(L+m) = *"])
-    assert json.loads((pytester.path / "starts.json").read_text()) == ["colocated", "prefill", "decode", "router"]
+    assert json.loads((pytester.path / "starts.json").read_text()) == ["prefill", "decode", "router", "colocated"]

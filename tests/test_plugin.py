@@ -21,18 +21,19 @@ def test_grid_becomes_readable_ids_on_both_paths(pytester):
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest("--collect-only", "-q", "--ppd-grid=bs=1,16;L=4096;m=512")
     result.stdout.fnmatch_lines([
-        "*test_append[[]bs1-L4096-m512-local[]]", "*test_append[[]bs16-L4096-m512-local[]]",
         "*test_append[[]bs1-L4096-m512-remote[]]", "*test_append[[]bs16-L4096-m512-remote[]]",
+        "*test_append[[]bs1-L4096-m512-local[]]", "*test_append[[]bs16-L4096-m512-local[]]",
     ])
 
 
-def test_local_tests_are_ordered_before_remote(pytester):
-    """One topology at a time: every LOCAL test runs before any REMOTE test."""
-    pytester.makepyfile(test_suite=SUITE)
+def test_remote_tests_run_first_then_plain_then_local(pytester):
+    """One topology at a time, and a broken P/D setup fails first: every REMOTE test runs before any plain
+    test (which measures on the LOCAL server), and those before every LOCAL test."""
+    pytester.makepyfile(test_suite=SUITE + "\n\ndef test_plain(ppd_session):\n    pass\n")
     result = pytester.runpytest("--collect-only", "-q", "--ppd-grid=bs=1,2;L=8;m=1,2")
-    ids = [line for line in result.stdout.lines if "test_append[" in line]
-    paths = ["remote" in line for line in ids]
-    assert paths == sorted(paths) and len(ids) == 8
+    ids = [line for line in result.stdout.lines if "test_suite.py::" in line]
+    kinds = ["remote" if "remote" in i else "local" if "local" in i else "plain" for i in ids]
+    assert kinds == ["remote"] * 4 + ["plain"] + ["local"] * 4
 
 
 def test_k_selects_grid_points(pytester):

@@ -28,7 +28,8 @@ def dry_run(tmp_path, *args, env=None):
 
 
 def test_sglang_argv_shape(tmp_path):
-    """Without SGLang installed: GPUs 0 and 1 by default, one GPU split with --share-gpu, key masked."""
+    """Without SGLang installed: GPUs 0 and 1 by default, one GPU split with --share-gpu (prefill 0.45 of the
+    GPU; decode, started after it, 0.8 of what is left), key masked; mooncake_tcp without an RDMA device."""
     prefill, decode, router = dry_run(tmp_path)
     assert prefill[2] == "sglang.launch_server" and router[2] == "sglang_router.launch_router"
     assert prefill[prefill.index("--base-gpu-id") + 1] == "0" and decode[decode.index("--base-gpu-id") + 1] == "1"
@@ -36,7 +37,10 @@ def test_sglang_argv_shape(tmp_path):
     assert not any(a.startswith("--sim-") for a in prefill + decode)
     shared = dry_run(tmp_path, "--share-gpu", env={**os.environ, "PPD_API_KEY": "k-sentinel"})
     assert shared[1][shared[1].index("--base-gpu-id") + 1] == "0"
-    assert all(a[a.index("--mem-fraction-static") + 1] == "0.4" for a in shared[:2])
+    assert [a[a.index("--mem-fraction-static") + 1] for a in shared[:2]] == ["0.45", "0.8"]
+    expected = "mooncake" if Path("/sys/class/infiniband").is_dir() and any(Path("/sys/class/infiniband").iterdir()) \
+        else "mooncake_tcp"
+    assert all(a[a.index("--disaggregation-transfer-backend") + 1] == expected for a in (prefill, decode))
     assert "k-sentinel" not in json.dumps(shared) and "***" in shared[0]
 
 

@@ -25,6 +25,7 @@ from pytest_ppd.records import Record, RecordStore, derived_rates
 from pytest_ppd.specs import GpuSpec, ModelSpec
 
 FLUSH_RETRIES = 50
+FLUSH_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def _ms(ns: int | None) -> float | None:
 async def _flush(client: StreamClient, urls: tuple[str, ...]) -> None:
     for url in urls:
         for _ in range(FLUSH_RETRIES):
-            resp = await client.post_json(url.rstrip("/") + "/flush_cache")
+            # SGLang 0.5.23 waits up to `timeout` seconds for in-flight work (P/D transfer queues too) to drain
+            resp = await client.post_json(url.rstrip("/") + f"/flush_cache?timeout={FLUSH_TIMEOUT_S:g}")
             if resp.status_code == 200:
                 break
             await asyncio.sleep(0.1)  # SGLang refuses while requests are still in flight

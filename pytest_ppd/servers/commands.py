@@ -17,6 +17,24 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_LINK
 
 BACKEND_MODULES = {"sim": "pytest_ppd.sim", "sglang": "sglang.launch_server"}
+# SGLang 0.5.23's --disaggregation-transfer-backend choices (srt/arg_groups/choices.py), plus "auto".
+TRANSFER_BACKENDS = ("auto", "mooncake", "mooncake_tcp", "nixl", "ascend", "fake", "mori")
+INFINIBAND_SYSFS = Path("/sys/class/infiniband")
+
+
+def resolve_transfer_backend(name: str, sysfs: Path = INFINIBAND_SYSFS) -> str:
+    """"auto": mooncake over RDMA where this node has an RDMA device, else mooncake_tcp (mooncake's TCP
+    transport: without RDMA, plain mooncake falls back, switches transport or fails memory registration
+    depending on its build; SGLang issues #6193, #8324)."""
+    if name not in TRANSFER_BACKENDS:
+        raise ConfigError(f"transfer backend '{name}' is not one of {', '.join(TRANSFER_BACKENDS)}")
+    if name != "auto":
+        return name
+    try:
+        has_rdma = sysfs.is_dir() and any(sysfs.iterdir())
+    except OSError:
+        has_rdma = False
+    return "mooncake" if has_rdma else "mooncake_tcp"
 ROUTER_MODULE = "sglang_router.launch_router"
 
 
@@ -40,7 +58,7 @@ class LaunchSpec:
     host: str = "127.0.0.1"
     tp_size: int = 1
     load_format: str = "dummy"
-    transfer_backend: str = "mooncake"
+    transfer_backend: str = "mooncake_tcp"  # resolved (never "auto") by the time an argv is built
     context_length: int | None = None
     chunked_prefill_size: int | None = None
     max_running_requests: int | None = None
@@ -104,6 +122,9 @@ def router_argv(spec: LaunchSpec, port: int, prefill: list[tuple[str, int]], dec
         argv += ["--decode", url]
     argv += ["--host", spec.host, "--port", str(port), "--policy", "round_robin",
              "--disable-retries", "--disable-circuit-breaker",
+             # SGLang's /health runs a generate request; /ready does not. An hour between checks keeps
+             # them out of the measured rounds (the session watches the processes itself).
+             "--health-check-endpoint", "/ready", "--health-check-interval-secs", "3600",
              "--prometheus-host", spec.host, "--prometheus-port", str(prometheus_port),
              "--log-level", "warn"]
     if spec.api_key:

@@ -16,12 +16,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from pytest_ppd.errors import ConfigError, ServerLaunchError
-from pytest_ppd.servers.commands import EngineLaunch, LaunchSpec, engine_argv, router_argv
+from pytest_ppd.servers.commands import (EngineLaunch, LaunchSpec, engine_argv, resolve_transfer_backend,
+                                         router_argv)
 from pytest_ppd.servers.process import ServerProcess, free_port, port_is_free
 from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_LINK, DEFAULT_MODEL, gpu_spec, link_spec, model_spec
 
 TOPOLOGIES = ("pd", "colocated")
 STARTUP_TIMEOUT_S = {"sim": 60.0, "sglang": 1800.0}
+SHARED_PREFILL_FRACTION, SHARED_DECODE_FRACTION = 0.45, 0.8
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
@@ -38,7 +40,7 @@ class TopologyConfig:
     link: str = DEFAULT_LINK
     tp_size: int = 1
     share_gpu: bool = False  # sglang pd on one GPU: split --mem-fraction-static
-    transfer_backend: str = "mooncake"
+    transfer_backend: str = "auto"  # mooncake with an RDMA device, else mooncake_tcp (commands.py)
     api_key: str | None = None
     workdir: Path | None = None
     sim_flags: tuple[str, ...] = ()
@@ -61,6 +63,7 @@ class TopologyConfig:
             if self.backend != "sim":
                 raise ConfigError("a different prefill GPU is a sim setting; SGLang runs on the GPUs it finds")
         link_spec(self.link)
+        resolve_transfer_backend(self.transfer_backend)
 
     def check_installed(self) -> None:
         """What launching (not planning) needs installed."""
@@ -68,6 +71,11 @@ class TopologyConfig:
             raise ConfigError("sglang-router is not installed; pip install sglang-router==0.3.2")
         if self.backend == "sglang" and not _module_available("sglang"):
             raise ConfigError("SGLang is not installed here; on a GPU node: pip install 'pytest-ppd[sglang]'")
+        backend = resolve_transfer_backend(self.transfer_backend)
+        if self.backend == "sglang" and self.kind == "pd" and backend.startswith("mooncake") \
+                and not _module_available("mooncake"):
+            raise ConfigError("P/D with the mooncake transfer backend needs mooncake-transfer-engine, which SGLang "
+                              "does not install; pip install 'pytest-ppd[sglang]' (or mooncake-transfer-engine)")
 
 
 def _module_available(name: str) -> bool:
@@ -145,7 +153,8 @@ def plan(cfg: TopologyConfig, workdir: Path) -> Topology:
     model_path, load_format = materialize_model(cfg.model, workdir)
     spec = LaunchSpec(
         backend=cfg.backend, model_path=model_path, host=cfg.host, tp_size=cfg.tp_size,
-        load_format=load_format, transfer_backend=cfg.transfer_backend, api_key=cfg.api_key,
+        load_format=load_format, transfer_backend=resolve_transfer_backend(cfg.transfer_backend),
+        api_key=cfg.api_key,
         sim_gpu=gpu_spec(cfg.gpu).name, sim_link=link_spec(cfg.link).name, sim_flags=cfg.sim_flags,
         sim_prefill_gpu=gpu_spec(cfg.prefill_gpu).name if cfg.prefill_gpu else None,
         extra_engine_args=cfg.engine_args, max_total_tokens=cfg.max_total_tokens,
@@ -162,19 +171,24 @@ def plan(cfg: TopologyConfig, workdir: Path) -> Topology:
         port = _take_port(cfg.host, cfg.port, "colocated engine")
         topo.colocated = _url(cfg.host, port)
         topo.processes.append(proc("colocated", engine_argv(spec, EngineLaunch("colocated", port)),
-                                   topo.colocated + "/health"))
+                                   topo.colocated + "/ready"))
         return topo
     entry = _take_port(cfg.host, cfg.port, "router")
     p_port, d_port, boot, prom = (free_port(cfg.host) for _ in range(4))
     shared = cfg.share_gpu and cfg.backend == "sglang"
-    frac = 0.4 if shared else None
-    prefill = EngineLaunch("prefill", p_port, bootstrap_port=boot, base_gpu_id=0, mem_fraction_static=frac)
-    decode = EngineLaunch("decode", d_port, base_gpu_id=0 if shared else cfg.tp_size, mem_fraction_static=frac)
+    # SGLang sizes its pool from the memory free when it starts (kv_cache_configurator.py): rest = free x
+    # fraction - weights. Started together on one GPU, both count the whole GPU as free and one pool comes
+    # out empty; so decode starts once prefill is ready (start() below), with a fraction of what is left:
+    # prefill 0.45 of the GPU, decode 0.8 of the remaining 0.55 (~0.44), two pools of about equal size.
+    prefill = EngineLaunch("prefill", p_port, bootstrap_port=boot, base_gpu_id=0,
+                           mem_fraction_static=SHARED_PREFILL_FRACTION if shared else None)
+    decode = EngineLaunch("decode", d_port, base_gpu_id=0 if shared else cfg.tp_size,
+                          mem_fraction_static=SHARED_DECODE_FRACTION if shared else None)
     topo.prefill, topo.decode = [_url(cfg.host, p_port)], [_url(cfg.host, d_port)]
     topo.router = _url(cfg.host, entry)
     topo.processes += [
-        proc("prefill", engine_argv(spec, prefill), topo.prefill[0] + "/health"),
-        proc("decode", engine_argv(spec, decode), topo.decode[0] + "/health"),
+        proc("prefill", engine_argv(spec, prefill), topo.prefill[0] + "/ready"),
+        proc("decode", engine_argv(spec, decode), topo.decode[0] + "/ready"),
         proc("router", router_argv(spec, entry, [(topo.prefill[0], boot)], topo.decode, prom),
              topo.router + "/readiness"),
     ]
@@ -186,11 +200,17 @@ def start(topo: Topology) -> Topology:
     topo.config.check_installed()
     timeout = STARTUP_TIMEOUT_S[topo.config.backend]
     engines = [p for p in topo.processes if p.name != "router"]
+    one_gpu = topo.config.share_gpu and topo.config.backend == "sglang"
     try:
-        for p in engines:
-            p.start()
-        for p in engines:
-            p.wait_ready(timeout)
+        if one_gpu:  # one after the other: each sizes its pool from what the previous one left free
+            for p in engines:
+                p.start()
+                p.wait_ready(timeout)
+        else:
+            for p in engines:
+                p.start()
+            for p in engines:
+                p.wait_ready(timeout)
         for p in topo.processes:
             if p.name == "router":
                 p.start()

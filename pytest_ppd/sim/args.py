@@ -17,7 +17,7 @@ from pytest_ppd.specs import (DEFAULT_GPU, DEFAULT_LINK, GpuSpec, LinkSpec, Mode
                               model_spec)
 
 DISAGG_MODES = ("null", "prefill", "decode")
-TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori")
+TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori", "mooncake_tcp")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "npcache", "dummy", "sharded_state", "gguf",
                 "bitsandbytes", "layered", "remote", "remote_instance", "fastsafetensors",
                 "private", "runai_streamer")

@@ -6,12 +6,14 @@ scheduler's internal_state.py), from the engine's resolved configuration, plus a
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pytest_ppd import __version__
 from pytest_ppd.sim.args import SimConfig
 from pytest_ppd.sim.costmodel import CostProfile
-from pytest_ppd.sim.engine import Engine
+from pytest_ppd.sim.api import realtime
+from pytest_ppd.sim.engine import Engine, SimRequest
 
 
 def server_info_body(cfg: SimConfig, engine: Engine, profile: CostProfile, sim_extra: dict[str, Any]) -> dict[str, Any]:
@@ -48,3 +50,32 @@ def model_info_body(cfg: SimConfig) -> dict[str, Any]:
             "is_generation": True, "preferred_sampling_params": None, "weight_version": "default",
             "has_image_understanding": False, "has_audio_understanding": False,
             "model_type": config.get("model_type"), "architectures": config.get("architectures")}
+
+
+def meta_info(req: SimRequest, created_s: float, wait_queue_entry_s: float, final: bool, *,
+              metrics: bool) -> dict[str, Any]:
+    """A /generate chunk's meta_info as SGLang 0.5.23 writes it; with --enable-metrics (metrics) its time
+    stamps too (Unix times from the served engine's perf_counter clock, latencies in seconds)."""
+    meta: dict[str, Any] = {
+        "id": req.rid, "finish_reason": req.finish_reason if final else None,
+        "prompt_tokens": req.prompt_len, "weight_version": "default", "num_retractions": 0,
+    }
+    if metrics:
+        if req.forward_entry_s is not None:
+            meta["forward_entry_time"] = realtime(req.forward_entry_s)
+            meta["queue_time"] = req.forward_entry_s - wait_queue_entry_s
+        if req.prefill_finished_s is not None:
+            meta["prefill_finished_time"] = realtime(req.prefill_finished_s)
+    meta.update(reasoning_tokens=0, completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens)
+    if final:
+        now = time.perf_counter()
+        meta["e2e_latency"] = now - created_s
+        if metrics:
+            meta["request_received_ts"] = realtime(created_s)
+            if req.first_token_s is not None:
+                meta["first_token_latency"] = req.first_token_s - created_s
+            meta["response_sent_to_client_ts"] = realtime(now)
+            meta["request_finished_ts"] = realtime(now)
+            if req.first_token_s is not None and len(req.output_ids) > 1:
+                meta["decode_throughput"] = (len(req.output_ids) - 1) / max(now - req.first_token_s, 1e-9)
+    return meta

@@ -20,18 +20,17 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from pytest_ppd.sim.api import (ApiError, GenerateRequest, contract_error, error_body, parse_generate, realtime,
-                                stream_error_event)
+from pytest_ppd.sim.api import ApiError, GenerateRequest, contract_error, error_body, parse_generate, stream_error_event
 from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
 from pytest_ppd.sim.clock import WallClockRunner
 from pytest_ppd.sim.engine import Event, SimRequest
 from pytest_ppd.sim.faults import Fault, FaultPlan
-from pytest_ppd.sim.info import model_info_body, server_info_body
+from pytest_ppd.sim.info import meta_info, model_info_body, server_info_body
 from pytest_ppd.sim.pd import KvBootstrap
 from pytest_ppd.sim.tokenizer import SimTokenizer
 
 log = logging.getLogger("pytest_ppd.sim")
-OPEN_PATHS = {"/health", "/health_generate", "/metrics"}
+OPEN_PATHS = {"/health", "/health_generate", "/ready", "/metrics"}  # SGLang's utils/auth.py: no key needed
 
 
 @dataclass
@@ -79,6 +78,7 @@ class SimServer(KvBootstrap):
         r = app.router
         r.add_post("/generate", self.generate)
         r.add_get("/health", self.health)
+        r.add_get("/ready", self.health)  # SGLang: 200 once it takes requests, without running one
         r.add_get("/health_generate", self.health_generate)
         for path in ("/flush_cache",):
             r.add_post(path, self.flush_cache)
@@ -109,12 +109,27 @@ class SimServer(KvBootstrap):
     async def health_generate(self, _request: web.Request) -> web.Response:
         return web.Response(status=200)
 
-    async def flush_cache(self, _request: web.Request) -> web.Response:
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        """SGLang's /flush_cache[?timeout=S]: refused while anything runs; with a timeout, waits up to S
+        seconds for the engine to go idle (scheduler_components/flush_wrapper.py)."""
+        try:
+            timeout = float(request.query.get("timeout", "0"))
+        except ValueError:
+            timeout = -1.0
+        if not timeout >= 0.0:
+            return web.json_response({"detail": [{"type": "greater_than_equal", "loc": ["query", "timeout"],
+                                                  "msg": "Input should be greater than or equal to 0"}]},
+                                     status=422)
+        deadline = time.perf_counter() + timeout
+        while not self.engine.idle() and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
         if self.engine.flush():
             return web.Response(text="Cache flushed.\nPlease check backend logs for more details. "
                                 "(When there are running or waiting requests, the operation will not be performed.)\n")
-        return web.Response(status=400, text="Cache not flushed. Please check backend logs for more details. "
-                            "(When there are running or waiting requests, the operation will not be performed.)\n")
+        why = "Timed out waiting for idle state." if timeout > 0 else (
+            "Cache not flushed. Please check backend logs for more details. "
+            "(When there are running or waiting requests, the operation will not be performed.)\n")
+        return web.Response(status=400, text=why)
 
     async def model_info(self, _request: web.Request) -> web.Response:
         return web.json_response(model_info_body(self.cfg))
@@ -217,35 +232,10 @@ class SimServer(KvBootstrap):
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    def _meta(self, gen: GenerateRequest, state: _State, final: bool) -> dict[str, Any]:
-        req = state.req
-        meta: dict[str, Any] = {
-            "id": req.rid, "finish_reason": req.finish_reason if final else None,
-            "prompt_tokens": req.prompt_len, "weight_version": "default", "num_retractions": 0,
-        }
-        if self.args.enable_metrics:
-            if req.forward_entry_s is not None:
-                meta["forward_entry_time"] = realtime(req.forward_entry_s)
-                meta["queue_time"] = req.forward_entry_s - state.wait_queue_entry_s
-            if req.prefill_finished_s is not None:
-                meta["prefill_finished_time"] = realtime(req.prefill_finished_s)
-        meta.update(reasoning_tokens=0, completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens)
-        if final:
-            now = time.perf_counter()
-            meta["e2e_latency"] = now - state.created_s
-            if self.args.enable_metrics:
-                meta["request_received_ts"] = realtime(state.created_s)
-                if req.first_token_s is not None:
-                    meta["first_token_latency"] = req.first_token_s - state.created_s
-                meta["response_sent_to_client_ts"] = realtime(now)
-                meta["request_finished_ts"] = realtime(now)
-                if req.first_token_s is not None and len(req.output_ids) > 1:
-                    meta["decode_throughput"] = (len(req.output_ids) - 1) / max(now - req.first_token_s, 1e-9)
-        return meta
-
     def _chunk(self, gen: GenerateRequest, state: _State, final: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"output_ids": list(state.req.output_ids),
-                               "meta_info": self._meta(gen, state, final)}
+                               "meta_info": meta_info(state.req, state.created_s, state.wait_queue_entry_s,
+                                                      final, metrics=self.args.enable_metrics)}
         if self.tokenizer is not None:
             out = {"text": self.tokenizer.decode(state.req.output_ids), **out}
         return out
