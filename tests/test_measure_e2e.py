@@ -21,6 +21,7 @@ from pytest_ppd.records import RecordStore
 from pytest_ppd.servers.process import tagged_processes
 from pytest_ppd.servers.topology import TopologyConfig, start_topology
 from pytest_ppd.specs import GpuSpec, gpu_spec, model_spec
+from tests.support import count_starts_conftest
 
 pytestmark = pytest.mark.slow
 MODEL, GPU = model_spec("Llama-3.1-8B"), gpu_spec("H100-SXM")
@@ -257,18 +258,7 @@ def test_infeasible_points_start_each_topology_once(pytester):
     suites = Path(__file__).resolve().parent.parent / "suites"
     pytester.makepyfile(test_append_grid=(suites / "test_append_grid.py").read_text(),
                         test_analysis=(suites / "test_analysis.py").read_text())
-    pytester.makeconftest("""
-import json, pathlib
-from pytest_ppd.servers import process
-STARTS = []
-_start = process.ServerProcess.start
-def start(self):
-    STARTS.append(self.name)
-    return _start(self)
-process.ServerProcess.start = start
-def pytest_unconfigure(config):
-    pathlib.Path("starts.json").write_text(json.dumps(STARTS))
-""")
+    pytester.makeconftest(count_starts_conftest())
     result = pytester.runpytest_subprocess("--ppd-backend=sim", "--ppd-grid=bs=1,64;L=16384;m=16,32",
                                            f"--ppd-results={pytester.path / 'r'}", "--ppd-max-reps=3", "-rs")
     result.stdout.fnmatch_lines(["*infeasible: bs64-L16384-m16: BS*(L+m) = *"])

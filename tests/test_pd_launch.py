@@ -15,6 +15,7 @@ from pytest_ppd.servers.topology import TopologyConfig, start_topology
 from pytest_ppd.sim.args import resolve
 from pytest_ppd.sim.engine import SimRequest
 from pytest_ppd.sim.server import SimServer
+from tests.support import count_starts_conftest
 
 
 def test_auto_transfer_backend_follows_the_rdma_devices(tmp_path):
@@ -94,20 +95,8 @@ def test_a_pd_topology_that_cannot_start_fails_first_and_is_not_retried(pytester
     """A broken REMOTE setup fails in the first tests (REMOTE runs first), with the server's log tail,
     and is started once, not once per point; LOCAL points still run."""
     pytester.makepyfile(test_grid=SUITE)
-    pytester.makeconftest("""
-import json, pathlib
-from pytest_ppd.servers import process, topology
-STARTS = []
-_start = process.ServerProcess.start
-def start(self):
-    STARTS.append(self.name)
-    if self.name == "decode":
-        self.argv = self.argv + ["--sim-link", "no-such-link"]
-    return _start(self)
-process.ServerProcess.start = start
-def pytest_unconfigure(config):
-    pathlib.Path("starts.json").write_text(json.dumps(STARTS))
-""")
+    pytester.makeconftest(count_starts_conftest(
+        'if self.name == "decode":\n    self.argv = self.argv + ["--sim-link", "no-such-link"]'))
     result = pytester.runpytest_subprocess("--ppd-backend=sim", "--ppd-grid=bs=1;L=256;m=16,32",
                                            f"--ppd-results={pytester.path / 'r'}", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=2)
