@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the common prefix, by binary search over C-speed slice compares."""
-    hi = min(len(a), len(b))
-    if hi == 0 or a[0] != b[0]:
+def _common_prefix_len(a: tuple[int, ...], b: tuple[int, ...], start: int = 0) -> int:
+    """Length of the common prefix of a and b[start:], by binary search over C-speed tuple-slice compares."""
+    hi = min(len(a), len(b) - start)
+    if hi <= 0 or a[0] != b[start]:
         return 0
-    if tuple(a[:hi]) == tuple(b[:hi]):
+    if a[:hi] == b[start:start + hi]:
         return hi
-    lo = 1  # a[:lo] == b[:lo] holds; a[:hi] != b[:hi]
+    lo = 1  # a[:lo] == b[start:start + lo] holds; a[:hi] differs
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if tuple(a[lo:mid]) == tuple(b[lo:mid]):
+        if a[lo:mid] == b[start + lo:start + mid]:
             lo = mid
         else:
             hi = mid
@@ -78,13 +78,13 @@ class RadixCache:
         """Longest cached, page-aligned prefix of ids; touches the path for LRU."""
         if self.disabled:
             return Match(0, self.root)
-        ids = ids[: self._aligned(len(ids))]
+        ids = tuple(ids[: self._aligned(len(ids))])
         node, matched, stamp = self.root, 0, next(self._clock)
         while matched < len(ids):
-            child = node.children.get(self._page_key(ids[matched:]))
+            child = node.children.get(ids[matched:matched + self.page_size])
             if child is None:
                 break
-            common = self._aligned(_common_prefix_len(child.key, ids[matched:]))
+            common = self._aligned(_common_prefix_len(child.key, ids, matched))
             if common == 0:
                 break
             partial = common < len(child.key)
