@@ -131,8 +131,13 @@ def cmd_import_table(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pytest_ppd.baseline import write_atomic
     from pytest_ppd.records import RecordStore
-    from pytest_ppd.sim.calibrate import FITTED, calibrate
+    from pytest_ppd.sim.calibrate import calibrate
 
+    out = Path(args.output)  # checked before the fit, not after it
+    if out.is_dir():
+        raise ConfigError(f"-o {out} is a directory; name the profile file, e.g. {out / 'profile.json'}")
+    if not out.parent.resolve().is_dir():
+        raise ConfigError(f"-o {out}: no directory {out.parent}; create it or name another file")
     rounds = []
     for name in args.records:
         path = Path(name)
@@ -141,21 +146,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ConfigError(f"{name}: no such records file (give records.jsonl or the results directory holding it)")
         rounds += RecordStore.read(path).rounds
-    profile, fit = calibrate(rounds)
-    out = Path(args.output)
-    if out.is_dir():
-        raise ConfigError(f"-o {out} is a directory; name the profile file, e.g. {out / 'profile.json'}")
+    needed = ("bs", "L", "m", "path", "valid", "model", "gpu", "batch_latency_ms")
+    unusable = [k for k in needed if rounds and any(k not in r for r in rounds)]
+    if unusable:
+        raise ConfigError(f"records lack {', '.join(unusable)}; a round needs {', '.join(needed)} "
+                          "(records.jsonl as pytest-ppd writes it)")
+    profile, fit = calibrate(rounds, validate=not args.no_cross_validation)
     payload = {"coefficients": dataclasses.asdict(profile), "fit": fit.as_dict(), "records": list(args.records)}
     try:
         write_atomic(out, json.dumps(payload, indent=2) + "\n")
     except OSError as exc:
         raise ConfigError(f"cannot write -o {out}: {exc.strerror}") from None
-    for row in fit.points:
-        print(f"bs{row['bs']}-L{row['L']}-m{row['m']:<6} measured {row['measured_ms']:9.2f} ms  "
-              f"predicted {row['predicted_ms']:9.2f} ms  ({row['error']:+.1%}, n={row['n']})")
-    coeffs = ", ".join(f"{k}={getattr(profile, k):.4g}" for k in FITTED)
-    print(f"{len(fit.points)} points of {fit.model} on {fit.gpu}: median |error| {fit.median_abs_error:.1%}, "
-          f"max {fit.max_abs_error:.1%}; {coeffs}")
+    for line in fit.report_lines(profile):
+        print(line)
     print(f"profile -> {out}  (use it: --ppd-sim-args=\"--sim-profile={out}\" "
           f"or ppd serve --sim-flag=--sim-profile={out})")
     return 0
@@ -260,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit the sim's cost profile to measured LOCAL rounds")
     cal.add_argument("records", nargs="+", help="records.jsonl files (or results directories)")
     cal.add_argument("-o", "--output", required=True, help="profile JSON to write")
+    cal.add_argument("--no-cross-validation", action="store_true",
+                     help="skip the refits that estimate the error on unseen points (default: run them)")
     cal.set_defaults(func=cmd_calibrate)
 
     pred = sub.add_parser("predict", help="the sim's engine-side latency of batched appends (one JSON line each)")

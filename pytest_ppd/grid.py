@@ -48,12 +48,14 @@ PRESETS: dict[str, tuple[GridPoint, ...]] = {
     # seed 000: 6 x 4 x 7 = 168
     "full": _product([1, 4, 8, 16, 32, 64], [1024, 4096, 8192, 16384],
                      [32, 128, 512, 1024, 2048, 4096, 8192]),
+    # the calibration design: 12 points that span the regimes (ppd calibrate fits a profile from them)
+    "calibrate": _product([1, 16], [1024, 16384], [32, 512, 4096]),
     # seed 002: 12 m x 6 L at BS=1
     "seed002": _product([1], [512, 1024, 2048, 4096, 8192, 16384],
                         [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]),
 }
 
-GRID_SYNTAX = "a preset (smoke, quick, full, seed002) or 'bs=1,8;L=4096;m=32,512'"
+GRID_SYNTAX = "a preset (smoke, quick, full, calibrate, seed002) or 'bs=1,8;L=4096;m=32,512'"
 _AXES = {"bs": "bs", "l": "L", "m": "m"}
 
 

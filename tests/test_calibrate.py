@@ -84,7 +84,8 @@ def test_cli_writes_a_profile_the_sim_loads(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pytest_ppd.cli", "calibrate", str(tmp_path), "-o", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "18 points of Llama-3.1-8B on H100-SXM: median |error|" in done.stdout
+    assert "in-sample (18 points of Llama-3.1-8B on H100-SXM, the points it was fitted to): median |error|" \
+        in done.stdout and "cross-validated, one m level left out" in done.stdout
     loaded = CostProfile.load(out)
     assert loaded.eta_gemm == pytest.approx(PLANTED.eta_gemm, abs=0.03)
     assert json.loads(out.read_text())["fit"]["gpu"] == "H100-SXM"
@@ -130,3 +131,40 @@ def test_a_served_sims_own_parsing_is_credited_against_modeled_cpu_work():
     assert cost.extend_time([replace(c, host_s=0.0) for c in chunks]) == pytest.approx(base + 0.008)
     assert cost.extend_time(chunks) == pytest.approx(base + 0.008 - 0.0028)  # the last one waited 2.8 ms
     assert cost.extend_time([replace(c, host_s=1.0) for c in chunks]) == pytest.approx(base)  # never below
+
+
+def test_the_two_step_recipe_recovers_a_planted_profile_in_virtual_time(pytester, capsys):
+    """--ppd-grid=calibrate measured in virtual time on a planted profile, then `ppd calibrate`: the fit
+    finds the planted efficiencies, and prints in-sample and cross-validated errors and its assumptions."""
+    from pathlib import Path
+
+    from pytest_ppd.cli import main
+
+    planted = pytester.path / "planted.json"
+    CostProfile(name="planted", eta_gemm=0.45, eta_attn=0.35, c0_prefill_s=0.004).save(planted)
+    suites = Path(__file__).resolve().parent.parent / "suites"
+    pytester.makepyfile(test_append_grid=(suites / "test_append_grid.py").read_text())
+    results = pytester.path / "r"
+    run = pytester.runpytest_subprocess("-k", "local", "--ppd-grid=calibrate", f"--ppd-results={results}",
+                                        f"--ppd-sim-args=--sim-profile={planted}")
+    run.assert_outcomes(passed=12, deselected=12)
+    assert main(["calibrate", str(results), "-o", str(pytester.path / "nodir" / "x.json")]) == 2
+    assert "no directory" in capsys.readouterr().err  # checked before any fitting
+    out = pytester.path / "fitted.json"
+    assert main(["calibrate", str(results), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    fit = json.loads(out.read_text())
+    assert fit["coefficients"]["eta_gemm"] == pytest.approx(0.45, rel=1e-3)
+    assert fit["coefficients"]["eta_attn"] == pytest.approx(0.35, rel=1e-3)
+    assert fit["fit"]["max_abs_error"] < 1e-3 and set(fit["fit"]["cross_validated"]) == {"bs", "L", "m"}
+    for needle in ("in-sample (12 points", "cross-validated, one L level left out", "assumed: chunked_prefill_size"):
+        assert needle in printed
+
+
+def test_records_without_the_fields_a_round_needs_are_one_line(tmp_path, capsys):
+    from pytest_ppd.cli import main
+
+    bad = tmp_path / "records.jsonl"
+    bad.write_text(json.dumps({"kind": "round", "bs": 1, "L": 8}) + "\n")
+    assert main(["calibrate", str(bad), "-o", str(tmp_path / "p.json")]) == 2
+    assert "records lack m, path, valid" in capsys.readouterr().err

@@ -15,7 +15,7 @@ calibrated sim still never beats the roofline floor).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Sequence, cast
 
 import numpy as np
@@ -94,9 +94,30 @@ class Fit:
     points: list[dict[str, Any]]  # bs, L, m, n, measured_ms, predicted_ms, error
     median_abs_error: float
     max_abs_error: float
+    cross_validated: dict[str, dict[str, float]] = field(default_factory=dict)  # axis -> mape, p90, max, n
+    at_bounds: list[str] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def report_lines(self, profile: CostProfile) -> list[str]:
+        """The per-point table, in-sample and cross-validated errors, warnings, assumptions, coefficients."""
+        lines = [f"{'point':<22} {'measured ms':>12} {'predicted ms':>13} {'error':>8} {'rounds':>7}"]
+        for row in self.points:
+            point = f"bs{row['bs']}-L{row['L']}-m{row['m']}"
+            lines.append(f"{point:<22} {row['measured_ms']:>12.2f} {row['predicted_ms']:>13.2f} "
+                         f"{row['error']:>+8.1%} {row['n']:>7}")
+        lines.append(f"in-sample ({len(self.points)} points of {self.model} on {self.gpu}, the points it was "
+                     f"fitted to): median |error| {self.median_abs_error:.1%}, max {self.max_abs_error:.1%}")
+        for axis, e in self.cross_validated.items():
+            lines.append(f"cross-validated, one {axis} level left out at a time ({e['n']} predictions of unseen "
+                         f"points): MAPE {e['mape']:.1%}, P90 {e['p90']:.1%}, max {e['max']:.1%}")
+        lines += [f"warning: {w}: the data cannot place it, or the model lacks the physics it stands in for"
+                  for w in self.at_bounds]
+        lines += [f"assumed: {a}" for a in self.assumptions]
+        lines.append(", ".join(f"{k}={getattr(profile, k):.4g}" for k in FITTED))
+        return lines
 
 
 def _flag(argv: Sequence[str], name: str) -> int | None:
@@ -108,14 +129,18 @@ def _flag(argv: Sequence[str], name: str) -> int | None:
     return None
 
 
-def _engine_settings(rounds: list[dict[str, Any]], model: ModelSpec, gpu: GpuSpec) -> tuple[int, int, int]:
-    """(chunk, pool, tp) as the measured engine ran: from its recorded argv, else SGLang's defaults."""
+def _engine_settings(rounds: list[dict[str, Any]], model: ModelSpec,
+                     gpu: GpuSpec) -> tuple[int, int, int, list[str]]:
+    """(chunk, pool, tp, assumptions) as the measured engine ran: its recorded argv, else SGLang's defaults."""
     argv = [a for cmd in rounds[0].get("server_argv") or [] for a in cmd]
     tp = _flag(argv, "--tp-size") or 1
     defaults = server_defaults(model, gpu, "null", tp)
     chunk = _flag(argv, "--chunked-prefill-size") or defaults.chunked_prefill_size
     pool = _flag(argv, "--max-total-tokens") or defaults.pool_tokens
-    return chunk, pool, tp
+    source = "the records' server_argv" if argv else "no server_argv in the records"
+    notes = [f"chunked_prefill_size={chunk}, KV pool={pool} tokens, TP={tp}: flags from {source}, "
+             f"SGLang 0.5.23's defaults for {gpu.name} otherwise"]
+    return chunk, pool, tp, notes
 
 
 def engine_latency_ms(record: dict[str, Any]) -> float:
@@ -128,34 +153,37 @@ def engine_latency_ms(record: dict[str, Any]) -> float:
     return float(record["batch_latency_ms"])
 
 
-def collect(rounds: Iterable[dict[str, Any]]) -> tuple[ModelSpec, GpuSpec, list[Point], int]:
-    """Valid LOCAL rounds grouped per point (median latency), each with its scheduled steps."""
+def collect(rounds: Iterable[dict[str, Any]]) -> tuple[ModelSpec, GpuSpec, list[Point], int, list[str]]:
+    """Valid LOCAL rounds grouped per point (median latency), each with its scheduled steps; and what
+    that assumed (engine settings, rounds per point, which latency)."""
     local = [r for r in rounds if r.get("kind", "round") == "round" and r.get("valid") and r.get("path") == "local"]
     if not local:
         raise ConfigError("no valid LOCAL rounds to calibrate from; give the records.jsonl of a run that "
                           "measured the local path (pytest suites/ --ppd-backend=sglang ...)")
-    setups = {(r["model"], r["gpu"]) for r in local}
+    setups = {(r["model"], r["gpu"], r.get("backend"), r.get("prefill_gpu")) for r in local}
     if len(setups) != 1:
-        raise ConfigError(f"rounds from {len(setups)} model/GPU setups {sorted(setups)}: calibrate one at a time")
+        raise ConfigError(f"rounds from {len(setups)} model/GPU/backend setups {sorted(map(str, setups))}: "
+                          "calibrate one at a time")
     model, gpu = model_spec(local[0]["model"]), gpu_spec(local[0]["gpu"])
-    chunk, pool, tp = _engine_settings(local, model, gpu)
+    chunk, pool, tp, notes = _engine_settings(local, model, gpu)
     groups: dict[tuple[int, int, int], list[float]] = defaultdict(list)
     for r in local:
         groups[(int(r["bs"]), int(r["L"]), int(r["m"]))].append(engine_latency_ms(r))
+    single = sum(len(xs) == 1 for xs in groups.values())
+    if single:
+        notes.append(f"{single} of {len(groups)} points have one round: their medians carry that round's noise")
+    if not any(r.get("server_ttft_ms") and all(r["server_ttft_ms"]) for r in local):
+        notes.append("no server-side first_token_latency (SGLang --enable-metrics): fitted to client-side "
+                     "latency, which includes the client's and HTTP's share")
     pool = max([pool] + [bs * (L + m + 1) for bs, L, m in groups])  # valid rounds fit the measured pool
     points = [Point(bs, L, m, float(np.median(xs)), len(xs),
                     tuple(tuple(s) for s in append_steps(model, gpu, bs, L, m, chunk=chunk, pool=pool, tp_size=tp)))
               for (bs, L, m), xs in sorted(groups.items())]
-    return model, gpu, points, tp
+    return model, gpu, points, tp, notes
 
 
-def calibrate(rounds: Iterable[dict[str, Any]], start: CostProfile | None = None) -> tuple[CostProfile, Fit]:
-    """The profile that best predicts the measured LOCAL batch latencies (least squares on log)."""
-    model, gpu, points, tp = collect(rounds)
-    if len(points) < 3:
-        raise ConfigError(f"only {len(points)} measured point(s); calibrating {len(FITTED)} coefficients "
-                          "needs a grid of at least 3 (better: --ppd-grid=quick or full)")
-    base = start or CostProfile(name=f"calibrated-{gpu.name}-{model.name}")
+def _fit(model: ModelSpec, gpu: GpuSpec, points: Sequence[Point], tp: int, base: CostProfile) -> CostProfile:
+    """Least squares on log latency over these points, every coefficient within its bounds."""
     measured = np.log([p.measured_ms for p in points])
 
     def profile_of(x: np.ndarray) -> CostProfile:
@@ -169,11 +197,62 @@ def calibrate(rounds: Iterable[dict[str, Any]], start: CostProfile | None = None
     x0 = np.array([getattr(base, k) for k in FITTED])
     lo, hi = np.array([BOUNDS[k][0] for k in FITTED]), np.array([BOUNDS[k][1] for k in FITTED])
     result = optimize.least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi), x_scale="jac")
-    profile = profile_of(result.x)
+    return profile_of(result.x)
+
+
+def _errors(model: ModelSpec, gpu: GpuSpec, profile: CostProfile, points: Sequence[Point], tp: int) -> list[float]:
+    return [predict_ms(model, gpu, profile, p, tp) / p.measured_ms - 1 for p in points]
+
+
+def cross_validated(model: ModelSpec, gpu: GpuSpec, points: Sequence[Point], tp: int,
+                    base: CostProfile) -> dict[str, dict[str, float]]:
+    """Errors on points the fit never saw: for each axis (BS, L, m) with 2+ levels, fit without one level
+    and predict it, for every level; MAPE, P90 and max |error| per axis."""
+    out = {}
+    for axis in ("bs", "L", "m"):
+        levels = sorted({getattr(p, axis) for p in points})
+        if len(levels) < 2:
+            continue
+        errors: list[float] = []
+        for level in levels:
+            train = [p for p in points if getattr(p, axis) != level]
+            if len(train) < 3:
+                continue
+            held = [p for p in points if getattr(p, axis) == level]
+            errors += _errors(model, gpu, _fit(model, gpu, train, tp, base), held, tp)
+        if errors:
+            a = np.abs(errors)
+            out[axis] = {"mape": float(a.mean()), "p90": float(np.percentile(a, 90)), "max": float(a.max()),
+                         "n": len(a)}
+    return out
+
+
+def at_bounds(profile: CostProfile) -> list[str]:
+    """Coefficients the fit pushed onto a bound: the data could not place them (or the model lacks physics)."""
+    flagged = []
+    for key in FITTED:
+        lo, hi = BOUNDS[key]
+        value = getattr(profile, key)
+        if (lo > 0 and value <= lo * (1 + 1e-6)) or value >= hi * (1 - 1e-6):
+            flagged.append(f"{key}={value:.4g} at its bound [{lo:g}, {hi:g}]")
+    return flagged
+
+
+def calibrate(rounds: Iterable[dict[str, Any]], start: CostProfile | None = None,
+              validate: bool = False) -> tuple[CostProfile, Fit]:
+    """The profile that best predicts the measured LOCAL batch latencies (least squares on log);
+    validate: also the cross-validated errors (refits leaving one level of each axis out)."""
+    model, gpu, points, tp, notes = collect(rounds)
+    if len(points) < 3:
+        raise ConfigError(f"only {len(points)} measured point(s); calibrating {len(FITTED)} coefficients "
+                          "needs a grid of at least 3 (better: --ppd-grid=calibrate, quick or full)")
+    base = start or CostProfile(name=f"calibrated-{gpu.name}-{model.name}")
+    profile = _fit(model, gpu, points, tp, base)
     rows = []
-    for p in points:
-        pred = predict_ms(model, gpu, profile, p, tp)
+    for p, err in zip(points, _errors(model, gpu, profile, points, tp)):
         rows.append({"bs": p.bs, "L": p.L, "m": p.m, "n": p.n, "measured_ms": p.measured_ms,
-                     "predicted_ms": pred, "error": pred / p.measured_ms - 1})
+                     "predicted_ms": p.measured_ms * (1 + err), "error": err})
     errors = np.abs([r["error"] for r in rows])
-    return profile, Fit(model.name, gpu.name, rows, float(np.median(errors)), float(errors.max()))
+    cv = cross_validated(model, gpu, points, tp, base) if validate else {}
+    return profile, Fit(model.name, gpu.name, rows, float(np.median(errors)), float(errors.max()), cv,
+                        at_bounds(profile), notes)
