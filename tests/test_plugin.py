@@ -59,7 +59,7 @@ def test_report_header_names_backend_model_gpu_and_grid(pytester):
 
 BAD = [
     (["--ppd-backend=nope"], "--ppd-backend: 'nope' is not a backend; valid: virtual, sim, sglang, external, replay"),
-    (["--ppd-grid=huge"], "--ppd-grid: 'huge' is not a grid; use a preset (smoke, quick, full, seed002)*"),
+    (["--ppd-grid=huge"], "--ppd-grid: 'huge' is not a grid; use a preset (smoke, quick, full, calibrate, seed002)*"),
     (["--ppd-grid=bs=1;L=10"], "--ppd-grid: grid 'bs=1;L=10' lacks m*"),
     (["--ppd-grid=bs=0;L=10;m=1"], "--ppd-grid: grid 'bs=0;L=10;m=1': bs=0 must be >= 1"),
     (["--ppd-grid=bs=-4;L=10;m=1"], "--ppd-grid: grid 'bs=-4;L=10;m=1': bs=-4 must be >= 1"),

@@ -1,4 +1,6 @@
-"""Two drivers of one engine core: virtual time (in-process, fast) and wall-clock (asyncio).
+"""Drivers of one engine core: the wall clock of the served sim (asyncio), and a bare virtual-time
+loop over a single engine for unit-level work (calibration's step recording, engine tests).
+Deployments (several engines, KV links, a router, clients) run in ``sim/deployment.py``.
 
 The loop only orders events by (time, kind, sequence); costs come from the
 engine's cost model::
