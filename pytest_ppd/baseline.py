@@ -200,9 +200,8 @@ def compare_run(baseline: dict[str, Any], rounds: Iterable[dict[str, Any]], stud
     return findings
 
 
-def compare_dir(directory: Path, baseline_path: Path,
-                expectations: Path | None = None) -> tuple[list[str], list[str]]:
-    """(regressions, other findings) of a results directory against a baseline.
+def compare_dir(directory: Path, baseline_path: Path, expectations: Path | None = None) -> list[Finding]:
+    """The gate's findings for a results directory against a baseline (what `ppd compare` prints).
 
     Tolerances come from the [baseline] section of the expectations file for the baseline's backend, GPU
     and model in ``expectations`` (a directory), when there is one.
@@ -226,7 +225,4 @@ def compare_dir(directory: Path, baseline_path: Path,
                               "<backend>-<gpu>-<model>.toml files, e.g. suites/expectations")
         file = ex.expectations_file(first["backend"], first["gpu"], first["model"], expectations, prefill_gpu)
         gate = ex.load(file).gate if file.exists() else gate
-    findings = compare_run(base, rounds, analyze(rounds, first["model"], first["gpu"]), gate)
-    regressions = [f.text for f in findings if f.kind == "regression"]
-    others = [f.text for f in findings if f.kind != "regression"]
-    return regressions, others
+    return compare_run(base, rounds, analyze(rounds, first["model"], first["gpu"]), gate)

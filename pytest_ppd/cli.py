@@ -122,8 +122,8 @@ def cmd_import_table(args: argparse.Namespace) -> int:
 
     records = records_from_table(args.table, args.model, args.gpu)
     write_records(records, Path(args.output))
-    below = sum(any(r.startswith("below physical floor") for r in rec.invalid_reasons) for rec in records)
-    over = sum(any(r.startswith("capacity") for r in rec.invalid_reasons) for rec in records)
+    below = sum("floor" in rec.invalid_kinds for rec in records)
+    over = sum("capacity" in rec.invalid_kinds for rec in records)
     print(f"{len(records)} rows -> {args.output}: {below} below the physical floor, {over} beyond the KV pool")
     return 0
 
@@ -187,15 +187,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         expectations = str(DEFAULT_EXPECTATIONS)
     from pytest_ppd.baseline import compare_dir
 
-    regressions, others = compare_dir(_results_dir(args.dir), Path(args.baseline),
-                                      Path(expectations) if expectations else None)
-    for line in others:
-        print(line)
-    for line in regressions:
-        print(f"REGRESSION {line}")
-    print(f"{len(regressions)} regression(s), {sum(o.split(':')[0].endswith('improved') for o in others)} "
-          f"improvement(s), {len(regressions) + len(others)} comparisons")
-    return 1 if regressions else 0
+    findings = compare_dir(_results_dir(args.dir), Path(args.baseline), Path(expectations) if expectations else None)
+    kinds = [f.kind for f in findings]
+    for f in sorted(findings, key=lambda f: f.kind == "regression"):
+        print(f"REGRESSION {f.text}" if f.kind == "regression" else f.text)
+    print(f"{kinds.count('regression')} regression(s), {kinds.count('improvement')} improvement(s), "
+          f"{len(findings)} comparisons")
+    return 1 if "regression" in kinds else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

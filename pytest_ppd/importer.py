@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ppd.roofline import floor_ms
+from pytest_ppd.analysis.validity import Invalid, capacity_reason, floor_reason
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.records import SCHEMA_VERSION, Record, derived_rates
 from pytest_ppd.sglang_defaults import server_defaults
@@ -23,15 +24,10 @@ from pytest_ppd.specs import GpuSpec, ModelSpec, gpu_spec, model_spec
 
 
 def physical_reasons(bs: int, L: int, m: int, latency_ms: float, model: ModelSpec, gpu: GpuSpec,
-                     pool_tokens: int | None) -> list[str]:
-    """Floor and capacity: the checks that need nothing but the numbers."""
-    reasons = []
-    floor = floor_ms(model, gpu, bs, L, m)
-    if latency_ms < floor:
-        reasons.append(f"below physical floor: batch took {latency_ms:.2f} ms < floor {floor:.2f} ms")
-    if pool_tokens is not None and bs * (L + m) > pool_tokens:
-        reasons.append(f"capacity: BS*(L+m) = {bs * (L + m)} > max_total_num_tokens = {pool_tokens}")
-    return reasons
+                     pool_tokens: int | None) -> list[Invalid]:
+    """Floor and capacity: the checks that need nothing but the numbers (the same rules as a round's proof)."""
+    reasons = [floor_reason(latency_ms, floor_ms(model, gpu, bs, L, m)), capacity_reason(bs, L, m, pool_tokens)]
+    return [r for r in reasons if r is not None]
 
 
 def default_pool(model: ModelSpec, gpu: GpuSpec) -> int:
@@ -50,14 +46,16 @@ def records_from_table(path: str | Path, model: str | ModelSpec, gpu: str | GpuS
             bs, L, m, lat = int(row["bs"]), int(row["L"]), int(row["m"]), float(row["latency_ms"])
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"{path}: row {no} needs integer bs, L, m and a number latency_ms") from None
-        reasons = ["no per-request cached_tokens: cache state unproven (a published number, not a measurement)"]
+        reasons = [Invalid("cache", "no per-request cached_tokens: cache state unproven (a published number, "
+                                    "not a measurement)")]
         reasons += physical_reasons(bs, L, m, lat, spec, g, pool)
         out.append(Record(
             suite=suite, backend="published", path="local", model=spec.name, gpu=g.name, bs=bs, L=L, m=m,
             cache_rate=L / (L + m), round=0, ttft_ms=[None] * bs, batch_latency_ms=lat, batch_span_ms=lat,
             e2e_ms=[None] * bs, itl_ms_max=[None] * bs, prompt_tokens=[None] * bs, cached_tokens=[None] * bs,
             completion_tokens=[None] * bs, server_ttft_ms=[None] * bs, client_overhead_ms=[None] * bs,
-            errors=[None] * bs, valid=False, invalid_reasons=reasons, floor_ms=floor_ms(spec, g, bs, L, m),
+            errors=[None] * bs, valid=False, invalid_reasons=[str(r) for r in reasons],
+            invalid_kinds=[r.kind for r in reasons], floor_ms=floor_ms(spec, g, bs, L, m),
             **derived_rates(bs, L, m, lat), started_at=0.0, versions={"source": str(path)},
         ))
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -62,6 +62,17 @@ class Record:
     run_id: str = ""
     kind: str = "round"
     prefill_gpu: str | None = None  # P's GPU where it differs from gpu (D's); written only then
+    invalid_kinds: list[str] = field(default_factory=list)  # one per invalid reason (analysis/validity.Invalid)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Record":
+        """A stored round as a Record: keys this version does not know are ignored, optional ones default."""
+        known = {f.name for f in fields(cls)}
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise ConfigError(f"a stored round lacks {', '.join(missing)}; it was not written by pytest-ppd")
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> str:
         data = asdict(self)

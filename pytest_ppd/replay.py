@@ -21,10 +21,15 @@ def reprove(record: dict[str, Any], model: ModelSpec, gpu: GpuSpec) -> dict[str,
     latency = record.get("batch_span_ms") or record.get("batch_latency_ms")
     if latency is None:
         return record
-    fresh = physical_reasons(record["bs"], record["L"], record["m"], latency, model, gpu, None)
     old = list(record.get("invalid_reasons") or [])
-    reasons = old + [r for r in fresh if r not in old]
-    return {**record, "invalid_reasons": reasons, "valid": bool(record.get("valid")) and not reasons}
+    kinds = list(record.get("invalid_kinds") or [])
+    fresh = [r for r in physical_reasons(record["bs"], record["L"], record["m"], latency, model, gpu, None)
+             if str(r) not in old]
+    reasons = old + [str(r) for r in fresh]
+    if len(kinds) == len(old):  # records from before kinds existed keep their texts only
+        kinds += [r.kind for r in fresh]
+    return {**record, "invalid_reasons": reasons, "invalid_kinds": kinds,
+            "valid": bool(record.get("valid")) and not reasons}
 
 
 class Replay:

@@ -63,3 +63,14 @@ def test_a_damaged_line_inside_the_file_is_an_error_naming_it(tmp_path):
         fh.write("not json\n" + json.dumps({"kind": "round"}) + "\n")
     with pytest.raises(ConfigError, match=r"records.jsonl:2 is not a JSON record"):
         RecordStore.read(store.path)
+
+
+def test_a_stored_round_reads_back_as_the_same_record(tmp_path):
+    record = _record(3, valid=False, invalid_reasons=["below physical floor: x"], invalid_kinds=["floor"])
+    store = RecordStore(tmp_path, run_id="r1", config_hash="h")
+    store.append(record)
+    stored = RecordStore.read(store.path).rounds[0]
+    assert Record.from_json(stored) == record
+    assert Record.from_json({**stored, "added_by_a_later_version": 1}) == record
+    with pytest.raises(ConfigError, match="lacks bs"):
+        Record.from_json({k: v for k, v in stored.items() if k != "bs"})

@@ -13,6 +13,36 @@ from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
+class Invalid:
+    """One reason a round cannot be trusted: a kind to count and filter by, and the text records keep.
+
+    Kinds: count, capacity, error, stream, finish, prompt_tokens, completion_tokens, cache, no_token, floor.
+    """
+
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def capacity_reason(bs: int, L: int, m: int, pool_tokens: int | None) -> Invalid | None:
+    """BS x (L + m) must fit the server's token pool, or the contexts cannot all stay cached."""
+    if pool_tokens is not None and bs * (L + m) > pool_tokens:
+        return Invalid("capacity", f"capacity: BS*(L+m) = {bs * (L + m)} > max_total_num_tokens = {pool_tokens}")
+    return None
+
+
+def floor_reason(latency_ms: float | None, floor_ms: float) -> Invalid | None:
+    """No batch can beat the physical floor (roofline.py); one that does measured something else."""
+    if latency_ms is None:
+        return Invalid("no_token", "no request produced a first token")
+    if latency_ms < floor_ms:
+        return Invalid("floor", f"below physical floor: batch took {latency_ms:.2f} ms < floor {floor_ms:.2f} ms")
+    return None
+
+
+@dataclass(frozen=True)
 class RequestView:
     """What validity needs of one request (decoupled from the client's types)."""
 
@@ -21,46 +51,44 @@ class RequestView:
     meta_info: dict[str, Any]
 
 
-def cached_reason(i: int, cached: Any, L: int, page_size: int) -> str | None:
+def cached_reason(i: int, cached: Any, L: int, page_size: int) -> Invalid | None:
     """cached_tokens must cover the context (to its last whole page) and none of the append."""
     if not isinstance(cached, int):
-        return f"request {i}: no cached_tokens in meta_info (cache state unproven)"
+        return Invalid("cache", f"request {i}: no cached_tokens in meta_info (cache state unproven)")
     lowest = L - (L % page_size)
     if cached > L:
-        return f"request {i}: cached_tokens={cached} > L={L}: part of the append was served from cache"
+        return Invalid("cache", f"request {i}: cached_tokens={cached} > L={L}: part of the append was served "
+                                "from cache")
     if cached < lowest:
-        return f"request {i}: cached_tokens={cached} < L={L}: the context was not cached (recomputed)"
+        return Invalid("cache", f"request {i}: cached_tokens={cached} < L={L}: the context was not cached "
+                                "(recomputed)")
     return None
 
 
 def round_reasons(requests: Sequence[RequestView], *, bs: int, L: int, m: int, max_new_tokens: int,
                   batch_span_ms: float | None, floor_ms: float, pool_tokens: int | None,
-                  page_size: int = 1) -> list[str]:
+                  page_size: int = 1) -> list[Invalid]:
     """Every reason this round is invalid (empty list: valid)."""
-    reasons: list[str] = []
+    reasons: list[Invalid | None] = []
     if len(requests) != bs:
-        reasons.append(f"expected {bs} requests, got {len(requests)}")
-    if pool_tokens is not None and bs * (L + m) > pool_tokens:
-        reasons.append(f"capacity: BS*(L+m) = {bs * (L + m)} > max_total_num_tokens = {pool_tokens}")
+        reasons.append(Invalid("count", f"expected {bs} requests, got {len(requests)}"))
+    reasons.append(capacity_reason(bs, L, m, pool_tokens))
     for i, req in enumerate(requests):
         if req.error is not None:
-            reasons.append(f"request {i}: {req.error[0]}: {req.error[1]}")
+            reasons.append(Invalid("error", f"request {i}: {req.error[0]}: {req.error[1]}"))
             continue
         if not req.saw_done:
-            reasons.append(f"request {i}: stream ended without [DONE]")
+            reasons.append(Invalid("stream", f"request {i}: stream ended without [DONE]"))
         meta = req.meta_info
         finish = meta.get("finish_reason")
         if not (isinstance(finish, dict) and finish.get("type") in ("length", "stop")):
-            reasons.append(f"request {i}: finish_reason {finish!r} is not length/stop")
+            reasons.append(Invalid("finish", f"request {i}: finish_reason {finish!r} is not length/stop"))
         if meta.get("prompt_tokens") != L + m:
-            reasons.append(f"request {i}: prompt_tokens={meta.get('prompt_tokens')} != L+m={L + m}")
+            reasons.append(Invalid("prompt_tokens",
+                                   f"request {i}: prompt_tokens={meta.get('prompt_tokens')} != L+m={L + m}"))
         if meta.get("completion_tokens") != max_new_tokens:
-            reasons.append(f"request {i}: completion_tokens={meta.get('completion_tokens')} != {max_new_tokens}")
-        reason = cached_reason(i, meta.get("cached_tokens"), L, page_size)
-        if reason:
-            reasons.append(reason)
-    if batch_span_ms is None:
-        reasons.append("no request produced a first token")
-    elif batch_span_ms < floor_ms:
-        reasons.append(f"below physical floor: batch took {batch_span_ms:.2f} ms < floor {floor_ms:.2f} ms")
-    return reasons
+            reasons.append(Invalid("completion_tokens", f"request {i}: completion_tokens="
+                                                        f"{meta.get('completion_tokens')} != {max_new_tokens}"))
+        reasons.append(cached_reason(i, meta.get("cached_tokens"), L, page_size))
+    reasons.append(floor_reason(batch_span_ms, floor_ms))
+    return [r for r in reasons if r is not None]

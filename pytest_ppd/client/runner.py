@@ -165,7 +165,8 @@ def _record(results: list[RequestResult], point: GridPoint, round_: int, target:
         completion_tokens=[r.meta_info.get("completion_tokens") for r in results],
         server_ttft_ms=server_ttft, client_overhead_ms=overhead,
         errors=[f"{r.error[0]}: {r.error[1]}" if r.error else None for r in results],
-        valid=not reasons, invalid_reasons=reasons, floor_ms=floor,
+        valid=not reasons, invalid_reasons=[str(r) for r in reasons], invalid_kinds=[r.kind for r in reasons],
+        floor_ms=floor,
         **derived_rates(point.bs, point.L, point.m, batch), started_at=started_at,
         versions=dict(target.versions), server_argv=[list(a) for a in target.server_argv], run_id=settings.run_id,
     )
