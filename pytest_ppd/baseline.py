@@ -108,7 +108,9 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def check_identity(baseline: dict[str, Any], identity: dict[str, Any]) -> None:
-    for field in ("backend", "gpu", "prefill_gpu", "model"):
+    from pytest_ppd.config import RunIdentity
+
+    for field in RunIdentity.FIELDS:
         if baseline.get(field) != identity.get(field):
             raise ConfigError(f"--ppd-baseline was recorded with {field}={baseline.get(field)!r}, this run uses "
                               f"{identity.get(field)!r}; compare like with like or record a new baseline")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, ClassVar, overload
 from urllib.parse import urlsplit
 
 from pytest_ppd.errors import ConfigError
@@ -130,6 +130,25 @@ def api_key_from_env() -> str | None:
 
 
 @dataclass(frozen=True)
+class RunIdentity:
+    """What a run's numbers are numbers of: baselines must match it, expectations files and reports are named
+    by it, --ppd-resume's design hash includes it."""
+
+    backend: str
+    model: str
+    gpu: str
+    prefill_gpu: str | None = None  # P's GPU where it differs from D's
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("backend", "gpu", "prefill_gpu", "model")
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"backend": self.backend, "model": self.model, "gpu": self.gpu}
+        if self.prefill_gpu is not None:
+            out["prefill_gpu"] = self.prefill_gpu
+        return out
+
+
+@dataclass(frozen=True)
 class PpdConfig:
     backend: str = DEFAULT_BACKEND
     backend_why: str = WHY_DEFAULT
@@ -157,12 +176,15 @@ class PpdConfig:
     transfer_backend: str = "mooncake_tcp"  # resolved from "auto" when the config is built
 
     @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(self.backend, self.model.name, self.gpu.name,
+                           self.prefill_gpu.name if self.prefill_gpu else None)
+
+    @property
     def config_hash(self) -> str:
         """Identity of a run's design: what --ppd-resume must match."""
-        design = {"backend": self.backend, "model": self.model.name, "gpu": self.gpu.name,
-                  "grid": [p.id for p in self.grid], "max_new_tokens": self.max_new_tokens}
-        if self.prefill_gpu is not None:
-            design["prefill_gpu"] = self.prefill_gpu.name
+        design: dict[str, Any] = {**self.identity.as_dict(), "grid": [p.id for p in self.grid],
+                                  "max_new_tokens": self.max_new_tokens}
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
 
     def results_dir(self) -> Path:

@@ -8,7 +8,7 @@ summary and the reports get a frozen RunSummary of it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,24 +125,19 @@ class PpdSession:
     def expectations(self, directory: Path) -> "Expectations":
         from pytest_ppd.expectations import expectations_file, load
 
-        backend: str | None = self.config.backend
-        if backend == "replay":
+        ident = self.config.identity
+        if ident.backend == "replay":  # the expectations of the backend that measured the records
             backends = {r.get("backend") for r in self.records()}
-            backend = backends.pop() if len(backends) == 1 else "replay"
-        c = self.config
-        path = expectations_file(backend, c.gpu.name, c.model.name, directory,
-                                 c.prefill_gpu.name if c.prefill_gpu else None)
+            ident = replace(ident, backend=str(backends.pop()) if len(backends) == 1 else "replay")
+        path = expectations_file(ident.backend, ident.gpu, ident.model, directory, ident.prefill_gpu)
         if path not in self._expectations:
             self._expectations[path] = load(path)
         return self._expectations[path]
 
     # -- baselines ---------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        c = self.config
-        ident = {"backend": c.backend, "gpu": c.gpu.name, "model": c.model.name, "versions": self.versions()}
-        if c.prefill_gpu is not None:
-            ident["prefill_gpu"] = c.prefill_gpu.name
-        return ident
+        """The run's identity and versions, as a baseline records them."""
+        return {**self.config.identity.as_dict(), "versions": self.versions()}
 
     def baseline(self) -> dict[str, Any] | None:
         """The --ppd-baseline file, loaded and checked against this run once."""
