@@ -275,6 +275,8 @@ def build_config(raw: dict[str, str | bool | None]) -> PpdConfig:
         benchmark_json=Path(benchmark_json_arg).expanduser() if benchmark_json_arg else None,
     )
     _check_fresh_ids(grid, max_reps, model)
+    if backend in ("virtual", "sim"):
+        _check_fits(model, gpu, prefill_gpu)
     too_long = [p for p in grid if p.L + p.m + cfg.max_new_tokens > model.context_length]
     if too_long and backend != "replay":
         p = too_long[0]
@@ -299,3 +301,14 @@ def _check_fresh_ids(grid: tuple[GridPoint, ...], max_reps: int, model: ModelSpe
             raise ConfigError(f"--ppd-max-reps: {max_reps} rounds x BS={bs} x {n} points of row bs{bs}-L{L} need "
                               f"{n * max_reps * bs} fresh first ids, {model.name}'s vocabulary offers {span}; "
                               f"give --ppd-max-reps <= {most}")
+
+
+def _check_fits(model: ModelSpec, gpu: GpuSpec, prefill_gpu: GpuSpec | None) -> None:
+    """The simulated engines need room for a KV pool next to the weights on one GPU (TP 1)."""
+    from pytest_ppd.sglang_defaults import server_defaults
+
+    for option, g in (("--ppd-gpu", gpu), ("--ppd-prefill-gpu", prefill_gpu)):
+        if g is not None and server_defaults(model, g).pool_tokens <= 0:
+            raise ConfigError(f"{option}: {model.name} ({model.weight_bytes / 1e9:.0f} GB of weights) leaves no KV "
+                              f"pool on one {g.name}; pick a GPU with more memory (e.g. H200, B200) or a smaller "
+                              "--ppd-model")

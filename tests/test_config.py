@@ -41,6 +41,7 @@ def test_urls_name_their_path_or_default_to_remote():
     ({"grid": "bs=1;L=131072;m=8"}, "exceed Llama-3.1-8B's context length"),
     ({"transfer_backend": "rdma"}, "--ppd-transfer-backend: transfer backend 'rdma' is not one of"),
     ({"ci": "0"}, "--ppd-ci: 0.0 is out of range"),
+    ({"model": "Llama-3.1-70B"}, "--ppd-gpu: Llama-3.1-70B .* leaves no KV pool on one H100-SXM"),
 ])
 def test_conflicts_are_one_error_naming_the_option(raw, needle):
     with pytest.raises(ConfigError, match=needle):
