@@ -1,10 +1,12 @@
-"""The ``ppd`` command: serve, validate, report, compare, calibrate, predict, import-table, reap.
+"""The ``ppd`` command: serve, validate, report, compare, calibrate, predict, profile, microbench, import-table, reap.
 
     ppd serve --backend sim --topology pd          # prints one JSON line when healthy
     ppd serve --backend sglang --topology pd --dry-run
     ppd report DIR / ppd compare DIR BASELINE      # rebuild reports / gate a run offline
     ppd calibrate RECORDS -o PROFILE               # fit the sim's cost profile
     ppd predict --profile default --points "8,4096,512"
+    ppd profile --model Llama-3.1-8B --gpu H100 -o prof/   # Dynamo's sweeps + cached context (virtual time)
+    ppd microbench -o h100.json                    # GPU ceilings for `ppd calibrate --caps`
     ppd import-table CSV -o records.jsonl          # a published table, re-proven
     ppd reap                                       # stop servers a crashed run left behind
 """
@@ -151,7 +153,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if unusable:
         raise ConfigError(f"records lack {', '.join(unusable)}; a round needs {', '.join(needed)} "
                           "(records.jsonl as pytest-ppd writes it)")
-    profile, fit = calibrate(rounds, validate=not args.no_cross_validation)
+    caps = None
+    if args.caps:
+        from pytest_ppd.microbench import load_caps
+
+        caps = load_caps(args.caps)
+    profile, fit = calibrate(rounds, validate=not args.no_cross_validation, caps=caps)
     payload = {"coefficients": dataclasses.asdict(profile), "fit": fit.as_dict(), "records": list(args.records)}
     try:
         write_atomic(out, json.dumps(payload, indent=2) + "\n")
@@ -263,7 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("-o", "--output", required=True, help="profile JSON to write")
     cal.add_argument("--no-cross-validation", action="store_true",
                      help="skip the refits that estimate the error on unseen points (default: run them)")
+    cal.add_argument("--caps", metavar="MICROBENCH_JSON", default=None,
+                     help="efficiency ceilings measured on that GPU by `ppd microbench`")
     cal.set_defaults(func=cmd_calibrate)
+
+    from pytest_ppd import microbench, profile
+
+    prof = sub.add_parser("profile", help="Dynamo-compatible prefill/decode sweeps plus the cached-context sweep")
+    profile.add_arguments(prof)
+    prof.set_defaults(func=profile.cmd_profile)
+
+    mb = sub.add_parser("microbench", help="GEMM, HBM, attention and launch ceilings of this GPU (needs CUDA)")
+    microbench.add_arguments(mb)
+    mb.set_defaults(func=microbench.cmd_microbench)
 
     pred = sub.add_parser("predict", help="the sim's engine-side latency of batched appends (one JSON line each)")
     pred.add_argument("--profile", default="default", help="cost profile JSON, or 'default' (the built-in)")

@@ -61,9 +61,18 @@ def _check_point(bs: int, L: int, m: int) -> None:
         raise ValueError(f"need bs >= 1, L >= 0, m >= 1; got bs={bs}, L={L}, m={m}")
 
 
+def gemm_peak_flops(model: ModelSpec, gpu: GpuSpec) -> float:
+    """Peak FLOP/s of the model's block GEMMs: FP8 where the checkpoint is FP8 and the GPU has FP8 tensor cores."""
+    if model.quantization == "fp8" and gpu.peak_fp8_flops:
+        return gpu.peak_fp8_flops
+    return gpu.peak_flops
+
+
 def floor_s(model: ModelSpec | str, gpu: GpuSpec | str, bs: int, L: int, m: int) -> float:
-    work = append_work(model, bs, L, m)
-    return bound_s(work.flops, work.bytes, gpu_spec(gpu))
+    spec, g = model_spec(model), gpu_spec(gpu)
+    work = append_work(spec, bs, L, m)
+    compute = work.flops_linear / gemm_peak_flops(spec, g) + work.flops_attn / g.peak_flops
+    return max(compute, work.bytes / g.hbm_bytes_per_s)
 
 
 def floor_ms(model: ModelSpec | str, gpu: GpuSpec | str, bs: int, L: int, m: int) -> float:
@@ -77,6 +86,9 @@ def bound_s(flops: float, nbytes: float, gpu: GpuSpec, flop_efficiency: float = 
     return max(flops / (flop_efficiency * gpu.peak_flops), nbytes / (byte_efficiency * gpu.hbm_bytes_per_s))
 
 
-def operator_times_s(work: Work, gpu: GpuSpec) -> tuple[float, float]:
-    """(linear layers, attention): each operator class at 100% of peak FLOP/s or HBM bandwidth."""
-    return bound_s(work.flops_linear, work.bytes_weights, gpu), bound_s(work.flops_attn, work.bytes_kv, gpu)
+def operator_times_s(work: Work, gpu: GpuSpec, model: ModelSpec | None = None) -> tuple[float, float]:
+    """(linear layers, attention): each operator class at 100% of peak FLOP/s or HBM bandwidth (the linear
+    layers at the FP8 peak for an FP8 model)."""
+    peak = gemm_peak_flops(model, gpu) if model is not None else gpu.peak_flops
+    linear = max(work.flops_linear / peak, work.bytes_weights / gpu.hbm_bytes_per_s)
+    return linear, bound_s(work.flops_attn, work.bytes_kv, gpu)

@@ -67,13 +67,42 @@ _BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+# FP8 variants of the built-in models: SGLang's own FP8 checkpoint format (quant_method "fp8", e4m3, as in
+# Qwen/Qwen3-8B-FP8); Llama's published FP8 checkpoints (RedHatAI, nvidia) say the same in compressed-tensors or
+# modelopt form, which `_quantization` reads too. The transformer blocks' linear weights are FP8; embeddings,
+# lm_head and the KV cache stay bf16.
+_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
+_BUILTIN_CONFIGS.update({f"{name}-FP8": {**cfg, "quantization_config": _FP8}
+                         for name, cfg in list(_BUILTIN_CONFIGS.items())})
+
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1, "float8_e4m3fn": 1}
+
+
+def _quantization(name: str, cfg: Mapping[str, Any]) -> str:
+    """'fp8' when the checkpoint's linear weights are FP8 (e4m3), '' when unquantized."""
+    q = cfg.get("quantization_config")
+    if not q:
+        return ""
+    method = str(q.get("quant_method", "")).lower() if isinstance(q, dict) else ""
+    if method in ("fp8", "fbgemm_fp8", "w8a8_fp8"):
+        return "fp8"
+    if method == "modelopt" and "fp8" in str(q.get("quant_algo", "")).lower():
+        return "fp8"
+    if method == "compressed-tensors":
+        groups = q.get("config_groups") or {}
+        weights = [g.get("weights") or {} for g in groups.values() if isinstance(g, dict)]
+        if weights and all(w.get("num_bits") == 8 and w.get("type") == "float" for w in weights):
+            return "fp8"
+    raise ConfigError(f"model config for {name!r}: quantization {method or q!r} is not modelled; the cost model "
+                      "knows FP8 weights (quant_method fp8, compressed-tensors float8, modelopt FP8): use an "
+                      "FP8 or an unquantized checkpoint's config.json")
 
 
 def _canonical(name: str) -> str:
     """'meta-llama/Llama-3.1-8B-Instruct' -> 'llama-3.1-8b' (lookup key)."""
     base = name.strip().rstrip("/").split("/")[-1].lower()
-    base = re.sub(r"-(instruct|chat|base|hf)$", "", base)
+    base = re.sub(r"^meta-(?=llama)", "", base)
+    base = re.sub(r"-(instruct|chat|base|hf)(?=-fp8$|$)", "", base)
     base = re.sub(r"-v0\.\d+$", "", base)
     return base.replace("_", "-")
 
@@ -100,6 +129,7 @@ class ModelSpec:
     dtype_bytes: int = 2
     kv_dtype_bytes: int = 2
     config: Mapping[str, Any] | None = None
+    quantization: str = ""  # "fp8": the blocks' linear weights are FP8 (1 byte, GEMMs at the FP8 peak)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -120,16 +150,21 @@ class ModelSpec:
         return self.vocab_size * self.hidden_size
 
     @property
+    def block_weight_bytes_per_param(self) -> int:
+        """Bytes per parameter of the transformer blocks: 1 for an FP8 checkpoint."""
+        return 1 if self.quantization == "fp8" else self.dtype_bytes
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes of all weights held on the GPU (blocks, embedding, lm_head unless tied)."""
         tied = bool((self.config or {}).get("tie_word_embeddings", False))
-        params = self.nonembedding_params + self.lm_head_params * (1 if tied else 2)
-        return params * self.dtype_bytes
+        embeddings = self.lm_head_params * (1 if tied else 2) * self.dtype_bytes
+        return self.nonembedding_params * self.block_weight_bytes_per_param + embeddings
 
     @property
     def step_weight_bytes(self) -> int:
         """Weight bytes one forward pass must read: the blocks plus the lm_head."""
-        return (self.nonembedding_params + self.lm_head_params) * self.dtype_bytes
+        return self.nonembedding_params * self.block_weight_bytes_per_param + self.lm_head_params * self.dtype_bytes
 
     def to_config(self) -> dict[str, Any]:
         """A config.json that describes this model (what SGLang's dummy loader needs)."""
@@ -155,6 +190,7 @@ def _from_config(name: str, cfg: Mapping[str, Any], kv_dtype_bytes: int | None) 
             dtype_bytes=_DTYPE_BYTES.get(str(cfg.get("torch_dtype", "bfloat16")), 2),
             kv_dtype_bytes=kv_dtype_bytes or 2,
             config=dict(cfg),
+            quantization=_quantization(name, cfg),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
@@ -200,25 +236,27 @@ def model_spec(name_or_path: str | Path | ModelSpec, *, kv_dtype_bytes: int | No
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """Peak dense bf16 compute, HBM bandwidth and memory of one GPU."""
+    """Peak dense bf16 (and FP8) compute, HBM bandwidth and memory of one GPU."""
 
     name: str
     peak_flops: float
     hbm_bytes_per_s: float
     memory_bytes: int
     arch: str = ""  # hopper, blackwell, ampere, ada: SGLang picks its attention backend by it
+    peak_fp8_flops: float = 0.0  # dense FP8 tensor-core peak; 0: none (FP8 weights are upcast, bf16 GEMMs)
 
 
-# Vendor datasheets: dense (no sparsity) bf16 tensor-core peak; memory as nvidia-smi reports it.
+# Vendor datasheets: dense (no sparsity) bf16 and FP8 tensor-core peaks; memory as nvidia-smi reports it.
+# A100 has no FP8 tensor cores (SGLang runs FP8 checkpoints there as weight-only, W8A16 Marlin).
 _GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in (
-        GpuSpec("H100-SXM", 989e12, 3.35e12, 81559 * MiB, "hopper"),
-        GpuSpec("H100-PCIe", 756e12, 2.0e12, 81559 * MiB, "hopper"),
-        GpuSpec("H200", 989e12, 4.8e12, 143771 * MiB, "hopper"),
+        GpuSpec("H100-SXM", 989e12, 3.35e12, 81559 * MiB, "hopper", 1979e12),
+        GpuSpec("H100-PCIe", 756e12, 2.0e12, 81559 * MiB, "hopper", 1513e12),
+        GpuSpec("H200", 989e12, 4.8e12, 143771 * MiB, "hopper", 1979e12),
         GpuSpec("A100-80GB", 312e12, 2.039e12, 81920 * MiB, "ampere"),
-        GpuSpec("B200", 2250e12, 8.0e12, 183359 * MiB, "blackwell"),
-        GpuSpec("L40S", 362e12, 864e9, 46068 * MiB, "ada"),
+        GpuSpec("B200", 2250e12, 8.0e12, 183359 * MiB, "blackwell", 4500e12),
+        GpuSpec("L40S", 362e12, 864e9, 46068 * MiB, "ada", 733e12),
     )
 }
 _GPU_ALIASES = {"h100": "H100-SXM", "h100-sxm5": "H100-SXM", "h100-80gb": "H100-SXM",

@@ -114,7 +114,7 @@ def test_calibrating_on_a_served_sim_recovers_its_profile(pytester, capsys):
     out = pytester.path / "fitted.json"
     assert main(["calibrate", str(results), "-o", str(out)]) == 0
     fit = json.loads(out.read_text())
-    assert fit["coefficients"]["eta_gemm"] == pytest.approx(0.45, abs=0.05)
+    assert fit["coefficients"]["eta_gemm"] == pytest.approx(0.45, abs=0.1)  # a served host adds its own noise
     assert fit["fit"]["median_abs_error"] < 0.05
     print(capsys.readouterr().out)
 
@@ -168,3 +168,65 @@ def test_records_without_the_fields_a_round_needs_are_one_line(tmp_path, capsys)
     bad.write_text(json.dumps({"kind": "round", "bs": 1, "L": 8}) + "\n")
     assert main(["calibrate", str(bad), "-o", str(tmp_path / "p.json")]) == 2
     assert "records lack m, path, valid" in capsys.readouterr().err
+
+
+DESIGN = [(bs, L, m) for bs in (1, 16) for L in (1024, 16384) for m in (32, 512, 4096)]  # --ppd-grid=calibrate
+HELD_OUT = [(bs, L, m) for bs in (1, 4, 16, 64) for L in (1024, 4096, 16384) for m in (32, 128, 512, 2048, 8192)
+            if (bs, L, m) not in DESIGN and bs * (L + m + 1) <= 480_000]
+# Hardware the built-in profile does not describe: 128-row query tiles per head (SGLang's triton backend),
+# a slow host whose kernel launches bound every small step, weaker GEMMs and attention.
+KERNELS = CostProfile(name="kernels", c0_prefill_s=0.0015, launch_prefill_s=0.009, request_overhead_s=0.002,
+                      eta_gemm=0.55, eta_w=0.8, eta_attn=0.4)
+
+
+def _measured(profile, grid, backend="triton", jitter=0.0):
+    """Rounds as a real engine with `backend` would give them, with a deterministic +-jitter per point."""
+    out = []
+    for i, (bs, L, m) in enumerate(grid):
+        steps = append_steps(MODEL, GPU, bs, L, m, chunk=8192, pool=500_000)
+        ms = predict_ms(MODEL, GPU, profile, Point(bs, L, m, 0.0, 0, tuple(map(tuple, steps))),
+                        attention_backend=backend) * (1 + jitter * ((i * 7919 % 13) / 6 - 1))
+        for r in range(3):
+            out.append({"kind": "round", "valid": True, "path": "local", "model": MODEL.name, "gpu": GPU.name,
+                        "bs": bs, "L": L, "m": m, "round": r, "batch_latency_ms": ms + 2.0, "server_ttft_ms": [ms] * bs,
+                        "server_argv": [["x", "--chunked-prefill-size", "8192", "--attention-backend", backend]]})
+    return out
+
+
+def _held_out_errors(profile, backend="triton"):
+    import numpy as np
+
+    rows = []
+    for bs, L, m in HELD_OUT:
+        steps = tuple(map(tuple, append_steps(MODEL, GPU, bs, L, m, chunk=8192, pool=500_000)))
+        truth = predict_ms(MODEL, GPU, KERNELS, Point(bs, L, m, 0.0, 0, steps), attention_backend=backend)
+        got = predict_ms(MODEL, GPU, profile, Point(bs, L, m, 0.0, 0, steps), attention_backend=backend)
+        assert got >= floor_ms(MODEL, GPU, bs, L, m)
+        rows.append(abs(got / truth - 1))
+    return float(np.mean(rows)), float(np.percentile(rows, 90)), max(rows)
+
+
+def test_twelve_points_predict_the_held_out_grid_of_tiled_launch_bound_hardware():
+    """The issue's bar: fitted on the 12-point design (with 2% noise), the profile predicts 40+ held-out points
+    at MAPE <= 4%, P90 <= 8%, max <= 20%, never below the floor; and it finds the launch-bound host."""
+    profile, fit = calibrate(_measured(KERNELS, DESIGN, jitter=0.02), validate=True)
+    mape, p90, worst = _held_out_errors(profile)
+    assert mape <= 0.04 and p90 <= 0.08 and worst <= 0.20, (mape, p90, worst)
+    assert profile.launch_prefill_s == pytest.approx(KERNELS.launch_prefill_s, rel=0.15)
+    assert any("attention backend triton" in a for a in fit.assumptions)
+    assert fit.cross_validated["m"]["mape"] < 0.1
+
+
+def test_without_the_tile_and_launch_physics_the_same_fit_misses():
+    """The same design fitted by a model that charges attention per query row and adds launches to the GPU's
+    time: the held-out error grows (the test above would fail without the physics)."""
+    untiled = replace(CostProfile(), attn_tile_q=1)
+    profile, _ = calibrate(_measured(KERNELS, DESIGN), start=untiled)
+    with_physics, _ = calibrate(_measured(KERNELS, DESIGN))
+    assert _held_out_errors(replace(profile, attn_tile_q=1))[2] > 2 * _held_out_errors(with_physics)[2]
+
+
+def test_microbench_caps_bound_the_fit():
+    profile, fit = calibrate(_measured(KERNELS, DESIGN), caps={"eta_gemm": 0.5, "eta_attn": 0.9})
+    assert profile.eta_gemm <= 0.5 and any("ppd microbench" in a for a in fit.assumptions)
+    assert any(w.startswith("eta_gemm=0.5 at its bound") for w in fit.at_bounds)

@@ -172,7 +172,7 @@ class AppendRouter:
         if key not in self._work_cache:
             w = append_work(self.model, bs, L, m)  # type: ignore[arg-type]
             g: GpuSpec = self.prefill_gpu if on_p else self.gpu  # type: ignore[assignment]
-            self._work_cache[key] = operator_times_s(w, g)
+            self._work_cache[key] = operator_times_s(w, g, self.model)  # type: ignore[arg-type]
         return self._work_cache[key]
 
     def work_s(self, bs: int, L: int, m: int, on_p: bool = False) -> float:

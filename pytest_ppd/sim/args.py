@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass, replace
 
 from pytest_ppd.errors import ConfigError
-from pytest_ppd.sim.costmodel import CostModel, CostProfile
+from pytest_ppd.sim.costmodel import ATTENTION_TILES, CostModel, CostProfile
 from pytest_ppd.sim.engine import Engine
 from pytest_ppd.sglang_defaults import MAX_PREFILL_TOKENS, NUM_RESERVED_DECODE_TOKENS, ServerDefaults, server_defaults
 from pytest_ppd.specs import (DEFAULT_GPU, DEFAULT_LINK, GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec,
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--max-prefill-tokens", type=int, default=MAX_PREFILL_TOKENS)
     sg.add_argument("--num-reserved-decode-tokens", type=int, default=NUM_RESERVED_DECODE_TOKENS)
     sg.add_argument("--cuda-graph-max-bs-decode", type=int, default=None)
+    sg.add_argument("--attention-backend", default=None, choices=sorted(ATTENTION_TILES),
+                    help="attention kernels whose query tiles the cost model charges (default: SGLang's for the GPU)")
     sim = p.add_argument_group("simulation (--sim-*)")
     sim.add_argument("--sim-gpu", default=DEFAULT_GPU, help=f"GPU to simulate (default: {DEFAULT_GPU})")
     sim.add_argument("--sim-link", default=DEFAULT_LINK, help=f"P/D KV-transfer link (default: {DEFAULT_LINK})")
@@ -158,7 +160,9 @@ def profile_for(args: argparse.Namespace) -> CostProfile:
 def engine_for(cfg: SimConfig, profile: CostProfile) -> Engine:
     """The engine core as SGLang 0.5.23 would be configured by cfg's flags (served or virtual driver)."""
     d = cfg.resolved
-    return Engine(CostModel(cfg.model, cfg.gpu, profile, tp_size=cfg.args.tp_size), cfg.pool_tokens,
+    cost = CostModel(cfg.model, cfg.gpu, profile, tp_size=cfg.args.tp_size,
+                     attention_backend=cfg.args.attention_backend or d.attention_backend)
+    return Engine(cost, cfg.pool_tokens,
                   mode=cfg.args.disaggregation_mode, chunked_prefill_size=cfg.chunked_prefill_size,
                   max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
                   disable_radix_cache=d.disable_radix_cache, max_prefill_tokens=d.max_prefill_tokens,

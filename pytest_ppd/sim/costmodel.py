@@ -2,12 +2,21 @@
 
 Per operator class, each bounded by compute or by HBM traffic::
 
-    T = c0 + max(F_linear / (eta_gemm P), B_weights / (eta_w W))
-           + max(F_attn / (eta_attn P), B_kv / (eta_kv W))
-           + sum over requests admitted in this step of (request_cpu + token_cpu x prompt tokens),
-             less the wall time the serving host already spent on them (a served sim's own parsing)
+    GPU = max(F_linear / (eta_gemm P_gemm), B_weights / (eta_w W))
+        + max(F_attn_tiled / (eta_attn P), B_kv / (eta_kv W))
+    T   = c0 + CPU + max(launch, GPU)
 
-P and W are the GPU's peak FLOP/s and HBM bytes/s; the efficiencies are capped
+CPU is the scheduler's serial work on the requests admitted in this step
+(request_cpu + token_cpu x prompt tokens, less what a serving host already
+spent on them). ``launch`` is the host time to launch an eager extend forward's
+kernels, which overlaps the GPU's work: a small step is launch-bound, a large one
+GPU-bound, never their sum. Attention kernels compute queries in tiles
+(``ATTENTION_TILES``), so an append of 8 tokens costs what a full tile costs per
+cached token. Decode steps stream the weights at their own efficiency
+(``eta_w_decode``: a CUDA-graph GEMV is not a prefill GEMM).
+
+P_gemm is the GPU's peak for the model's GEMM dtype (FP8 where the checkpoint and
+the GPU have it), P its bf16 peak, W its HBM bytes/s; the efficiencies are capped
 at what the hardware can reach, so a step is never faster than its floor. The
 coefficients live in a profile (JSON), which ``ppd calibrate`` can fit.
 """
@@ -19,12 +28,36 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
-from pytest_ppd.roofline import attention_flops, bound_s
 from pytest_ppd.errors import ConfigError
+from pytest_ppd.roofline import attention_flops, bound_s, gemm_peak_flops
+from pytest_ppd.sglang_defaults import ATTENTION_BACKEND
 from pytest_ppd.specs import GpuSpec, ModelSpec
 
 # What GEMMs and HBM streams reach at best on H100-class parts.
-EFFICIENCY_CAPS = {"eta_gemm": 0.8, "eta_w": 0.9, "eta_attn": 0.8, "eta_kv": 0.9}
+EFFICIENCY_CAPS = {"eta_gemm": 0.8, "eta_w": 0.9, "eta_attn": 0.8, "eta_kv": 0.9, "eta_w_decode": 0.9}
+
+# Query rows one extend-attention tile computes in SGLang 0.5.23's backends (head_dim <= 128), and whether
+# the backend packs the query heads that share a KV head into the tile (GQA packing), per GPU architecture:
+# - fa3: hopper/tile_size.h kBlockM = 128; varlen batches always pack GQA (flash_api.cpp get_pack_gqa).
+# - flashinfer: CTA_TILE_Q of 16, 64 or 128 picked from the packed query length (FA2DetermineCtaTileQ): 0 here.
+# - triton: kernels/ops/attention/extend_attention.py BLOCK_M, one query head at a time.
+# - trtllm_mha: not public; assumed to tile like flashinfer.
+ATTENTION_TILES: dict[str, tuple[dict[str, int], bool]] = {
+    "fa3": ({"hopper": 128}, True),
+    "flashinfer": ({}, True),
+    "trtllm_mha": ({}, True),
+    "triton": ({"hopper": 128, "ampere": 128, "ada": 64, "blackwell": 64}, False),
+}
+
+
+def query_rows(model: ModelSpec, new: int, backend: str, arch: str, tile: int = 0) -> float:
+    """The query rows (in tokens) an extend-attention kernel computes for `new` tokens: `new` rounded up to
+    its backend's tile (tile > 0 overrides the backend's size)."""
+    tiles, packed = ATTENTION_TILES.get(backend, ({}, True))
+    group = model.num_heads // model.num_kv_heads if packed else 1
+    rows = new * group
+    size = tile or tiles.get(arch, 0) or (128 if rows > 64 else 64 if rows > 16 else 16)
+    return -(-rows // size) * size / group
 
 
 @dataclass(frozen=True)
@@ -32,7 +65,7 @@ class CostProfile:
     """Coefficients of the cost model. Times in seconds, efficiencies in (0, cap]."""
 
     name: str = "default"
-    c0_prefill_s: float = 0.003  # launch + scheduler overhead of an extend batch
+    c0_prefill_s: float = 0.001  # the scheduler's serial overhead of an extend batch
     c0_decode_s: float = 0.001  # a CUDA-graph decode step
     request_overhead_s: float = 0.002  # tokenizer-manager / detokenizer IPC per request (concurrent)
     # CPU work the scheduler does one request after another when it admits them (building the batch,
@@ -43,6 +76,10 @@ class CostProfile:
     eta_w: float = 0.85
     eta_attn: float = 0.55
     eta_kv: float = 0.80
+    eta_w_decode: float = 0.85  # weight streaming of a decode step (fitted from decode steps only)
+    # Host time to launch an eager extend forward's ~400 kernels (32 layers x ~12 at ~5 us): overlaps the GPU.
+    launch_prefill_s: float = 0.002
+    attn_tile_q: int = 0  # query rows per attention tile; 0: the attention backend's own (ATTENTION_TILES)
     slowdown: float = 1.0  # multiplies every step (what-if and fault studies), >= 1
     # A decode batch above the CUDA-graph limit launches its ~400 kernels (32 layers x ~12) one by one: the
     # host's launch time mostly overlaps the GPU's work, but the GPU idles a few us between kernels that a
@@ -55,7 +92,7 @@ class CostProfile:
             if not 0 < value <= cap:
                 raise ConfigError(f"cost profile {self.name!r}: {key}={value} must be in (0, {cap}]")
         for key in ("c0_prefill_s", "c0_decode_s", "request_overhead_s", "request_cpu_s", "token_cpu_s",
-                    "eager_decode_s"):
+                    "eager_decode_s", "launch_prefill_s", "attn_tile_q"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"cost profile {self.name!r}: {key} must be >= 0")
         if self.slowdown < 1.0:
@@ -94,26 +131,34 @@ class CostModel:
     """Maps a batch (extend chunks or decode contexts) to its step time."""
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, profile: CostProfile | None = None,
-                 tp_size: int = 1) -> None:
+                 tp_size: int = 1, attention_backend: str | None = None) -> None:
         self.model, self.gpu = model, gpu
         self.profile = profile or CostProfile()
         self.tp_size = tp_size
+        self.attention_backend = attention_backend or ATTENTION_BACKEND.get(gpu.arch, "flashinfer")
 
-    def _time(self, c0: float, tokens: int, logits: int, f_attn: float, b_kv: float) -> float:
+    def _gpu_s(self, tokens: int, logits: int, f_attn: float, b_kv: float, eta_w: float) -> float:
         p, m, g = self.profile, self.model, self.gpu
         tp = self.tp_size
-        f_linear = (2.0 * m.nonembedding_params * tokens + 2.0 * m.lm_head_params * logits) / tp
-        b_weights = m.step_weight_bytes / tp
-        linear = bound_s(f_linear, b_weights, g, p.eta_gemm, p.eta_w)
+        blocks = 2.0 * m.nonembedding_params * tokens / tp  # in the checkpoint's GEMM dtype
+        lm_head = 2.0 * m.lm_head_params * logits / tp  # always bf16
+        compute = (blocks / gemm_peak_flops(m, g) + lm_head / g.peak_flops) / p.eta_gemm
+        linear = max(compute, m.step_weight_bytes / tp / (eta_w * g.hbm_bytes_per_s))
         attn = bound_s(f_attn / tp, b_kv / tp, g, p.eta_attn, p.eta_kv)
         allreduce = 0.0 if tp == 1 else 2 * m.num_layers * 10e-6
-        return (c0 + linear + attn + allreduce) * p.slowdown
+        return linear + attn + allreduce
+
+    def _attention_flops(self, new: int, prefix: int) -> float:
+        """Causal attention FLOPs of `new` tokens after `prefix`, as the tiled kernel computes them."""
+        rows = query_rows(self.model, new, self.attention_backend, self.gpu.arch, self.profile.attn_tile_q)
+        m = self.model
+        return 4.0 * m.num_layers * m.num_heads * m.head_dim * rows * (prefix + (new + 1) / 2)
 
     def extend_time(self, chunks: Iterable[Extend]) -> float:
         """Step time of one extend (prefill) batch."""
         chunks = list(chunks)
         tokens = sum(c.new for c in chunks)
-        f_attn = sum(attention_flops(self.model, c.new, c.prefix) for c in chunks)
+        f_attn = sum(self._attention_flops(c.new, c.prefix) for c in chunks)
         b_kv = sum(c.prefix + c.new for c in chunks) * self.model.kv_bytes_per_token
         logits = sum(1 for c in chunks if c.logits)
         p = self.profile
@@ -122,7 +167,8 @@ class CostModel:
         # A served sim parses the same requests on a real CPU, one after another: what its host already
         # spent is part of that serial work, not on top of it (a calibrated profile would count it twice).
         cpu = max(cpu - max((c.host_s for c in admitted), default=0.0), 0.0)
-        return self._time(p.c0_prefill_s + cpu, tokens, logits, f_attn, b_kv)
+        gpu = self._gpu_s(tokens, logits, f_attn, b_kv, p.eta_w)
+        return (p.c0_prefill_s + cpu + max(p.launch_prefill_s, gpu)) * p.slowdown
 
     def decode_time(self, contexts: Iterable[int], eager: bool = False) -> float:
         """Step time of one decode batch; contexts are each sequence's current length; eager: the batch is
@@ -133,4 +179,5 @@ class CostModel:
             return c0 * self.profile.slowdown
         f_attn = sum(attention_flops(self.model, 1, c) for c in contexts)
         b_kv = (sum(contexts) + len(contexts)) * self.model.kv_bytes_per_token
-        return self._time(c0, len(contexts), len(contexts), f_attn, b_kv)
+        gpu = self._gpu_s(len(contexts), len(contexts), f_attn, b_kv, self.profile.eta_w_decode)
+        return (c0 + gpu) * self.profile.slowdown
