@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--link", default=DEFAULT_LINK, help=f"{', '.join(known_links())} (default: {DEFAULT_LINK})")
     serve.add_argument("--tp-size", type=int, default=1, help="(default: 1)")
     serve.add_argument("--share-gpu", action="store_true",
-                       help="sglang pd on one GPU: split --mem-fraction-static (default: off)")
+                       help="pd on one GPU: prefill at --mem-fraction-static 0.45, then decode at 0.8 of what is left "
+                            "(sglang; the sim models the same memory) (default: off)")
     serve.add_argument("--transfer-backend", default="auto", choices=TRANSFER_BACKENDS,
                        help="P/D KV transfer; auto: mooncake with an RDMA device, else mooncake_tcp (default: auto)")
     serve.add_argument("--sim-flag", action="append", metavar="FLAG",

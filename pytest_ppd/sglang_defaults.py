@@ -82,10 +82,16 @@ def mem_fraction_static(gpu_mib: int, mode: str, *, tp: int = 1, chunked_prefill
     return round((gpu_mib - reserved) / gpu_mib, 3)
 
 
-def pool_tokens(model: ModelSpec, gpu: GpuSpec, fraction: float, tp: int = 1, page_size: int = 1) -> int:
+def pool_tokens(model: ModelSpec, gpu: GpuSpec, fraction: float, tp: int = 1, page_size: int = 1,
+                memory: tuple[float, float] | None = None) -> int:
     """Token pool: (memory x fraction - weights) / KV bytes per token, whole pages
-    (mem_cache/kv_cache_configurator.py:2999-3100, model_executor/pool_configurator.py:492-498, 637-647)."""
-    rest = gpu.memory_bytes * fraction - model.weight_bytes / tp
+    (mem_cache/kv_cache_configurator.py:2999-3100, model_executor/pool_configurator.py:492-498, 637-647);
+    memory: (free before loading the weights, free after), when other engines share the GPU (sim/memory.py)."""
+    if memory is not None:
+        pre, available = memory
+        rest = available - pre * (1 - fraction)
+    else:
+        rest = gpu.memory_bytes * fraction - model.weight_bytes / tp
     per_token = model.kv_bytes_per_token / tp
     tokens = int(rest // per_token) if rest > 0 else 0
     return tokens - tokens % page_size
@@ -128,7 +134,8 @@ def server_defaults(model: ModelSpec, gpu: GpuSpec, mode: str = "null", tp: int 
                     mem_fraction: float | None = None, chunked_prefill_size: int | None = None,
                     page_size: int | None = None, max_running: int | None = None,
                     max_total_tokens: int | None = None, context_length: int | None = None,
-                    disable_radix_cache: bool = False, cuda_graph_max_bs: int | None = None) -> ServerDefaults:
+                    disable_radix_cache: bool = False, cuda_graph_max_bs: int | None = None,
+                    memory: tuple[float, float] | None = None) -> ServerDefaults:
     """SGLang 0.5.23's resolution (arg_groups/pipeline.py order: P/D, CUDA graphs, memory, attention, page)."""
     if mode not in MODES:
         raise ConfigError(f"disaggregation mode {mode!r} is not one of {', '.join(MODES)}")
@@ -145,7 +152,7 @@ def server_defaults(model: ModelSpec, gpu: GpuSpec, mode: str = "null", tp: int 
     if backend == "trtllm_mha" and page not in (16, 32, 64, 128):
         page = 64  # overrides.py:1174-1187: trtllm_mha needs pages of 16-128 tokens
     page = page or 1  # overrides.py:1341-1363
-    pool = pool_tokens(model, gpu, fraction, tp, page)
+    pool = pool_tokens(model, gpu, fraction, tp, page, memory)
     if max_total_tokens is not None:
         pool = min(pool, max_total_tokens)
     context = context_length or model.context_length

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from pytest_ppd.errors import ConfigError, ServerLaunchError
 from pytest_ppd.servers.commands import (EngineLaunch, LaunchSpec, engine_argv, resolve_transfer_backend,
@@ -39,7 +39,7 @@ class TopologyConfig:
     gpu: str = DEFAULT_GPU
     link: str = DEFAULT_LINK
     tp_size: int = 1
-    share_gpu: bool = False  # sglang pd on one GPU: split --mem-fraction-static
+    share_gpu: bool = False  # pd on one GPU: split --mem-fraction-static, start one after the other
     transfer_backend: str = "auto"  # mooncake with an RDMA device, else mooncake_tcp (commands.py)
     api_key: str | None = None
     workdir: Path | None = None
@@ -175,7 +175,9 @@ def plan(cfg: TopologyConfig, workdir: Path) -> Topology:
         return topo
     entry = _take_port(cfg.host, cfg.port, "router")
     p_port, d_port, boot, prom = (free_port(cfg.host) for _ in range(4))
-    shared = cfg.share_gpu and cfg.backend == "sglang"
+    shared = cfg.share_gpu and cfg.backend in ("sglang", "sim")
+    if shared and cfg.backend == "sim":  # the sim engines see each other's memory as SGLang's do (sim/memory.py)
+        spec = replace(spec, sim_flags=(*spec.sim_flags, f"--sim-gpu-ledger={workdir / 'gpu-ledger'}"))
     # SGLang sizes its pool from the memory free when it starts (kv_cache_configurator.py): rest = free x
     # fraction - weights. Started together on one GPU, both count the whole GPU as free and one pool comes
     # out empty; so decode starts once prefill is ready (start() below), with a fraction of what is left:
@@ -200,7 +202,7 @@ def start(topo: Topology) -> Topology:
     topo.config.check_installed()
     timeout = STARTUP_TIMEOUT_S[topo.config.backend]
     engines = [p for p in topo.processes if p.name != "router"]
-    one_gpu = topo.config.share_gpu and topo.config.backend == "sglang"
+    one_gpu = topo.config.share_gpu and topo.config.backend in ("sglang", "sim")
     try:
         if one_gpu:  # one after the other: each sizes its pool from what the previous one left free
             for p in engines:

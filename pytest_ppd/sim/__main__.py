@@ -6,18 +6,41 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from pytest_ppd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pytest_ppd.sim.args import SimConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     from pytest_ppd.sim.args import resolve
 
+    ledger = None
     try:
         cfg = resolve(argv)
+        if cfg.args.sim_gpu_ledger:  # share the GPU: size the pool from what the others left free
+            from pytest_ppd.sim.memory import CONTEXT_BYTES, GpuLedger, measure_start
+
+            ledger = GpuLedger(cfg.args.sim_gpu_ledger, cfg.args.base_gpu_id, cfg.gpu.memory_bytes)
+            weights = cfg.model.weight_bytes // cfg.args.tp_size
+            cfg = resolve(argv, memory=measure_start(ledger, weights, cfg.args.sim_load_s))
+            kv = cfg.pool_tokens * cfg.model.kv_bytes_per_token // cfg.args.tp_size
+            ledger.hold(weights + kv + CONTEXT_BYTES, "weights, KV pool, CUDA context and graphs")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if ledger is not None:
+            ledger.release()
         return 2
+    try:
+        return _serve(cfg)
+    finally:
+        if ledger is not None:
+            ledger.release()
+
+
+def _serve(cfg: "SimConfig") -> int:
     level = getattr(logging, str(cfg.args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, format="[%(asctime)s] %(message)s", stream=sys.stdout)
     log = logging.getLogger("pytest_ppd.sim")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.costmodel import ATTENTION_TILES, CostModel, CostProfile
+from pytest_ppd.sim.memory import no_pool_message
 from pytest_ppd.sim.engine import Engine
 from pytest_ppd.sglang_defaults import MAX_PREFILL_TOKENS, NUM_RESERVED_DECODE_TOKENS, ServerDefaults, server_defaults
 from pytest_ppd.specs import (DEFAULT_GPU, DEFAULT_LINK, GpuSpec, LinkSpec, ModelSpec, gpu_spec, link_spec,
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "FACTOR (what-if and regression-gate studies); repeatable")
     sim.add_argument("--sim-fault", action="append", default=[], metavar="KIND@N[+][:ARG]",
                      help="inject a fault (see pytest_ppd/sim/faults.py); repeatable")
+    sim.add_argument("--sim-gpu-ledger", default=None, metavar="DIR",
+                     help="engines sharing a GPU: size the KV pool from the memory the others left free, as SGLang "
+                          "does (sim/memory.py; default: the whole GPU is this engine's)")
+    sim.add_argument("--sim-load-s", type=float, default=0.0,
+                     help="with --sim-gpu-ledger: seconds the weights take to load (default: 0)")
     sim.add_argument("--sim-kv-timeout", type=float, default=300.0,
                      help="decode side: seconds to wait for a room's KV (default: 300)")
     return p
@@ -101,8 +107,9 @@ class SimConfig:
         return self.defaults
 
 
-def resolve(argv: list[str] | None = None) -> SimConfig:
-    """Parse argv and derive every default; raises ConfigError with the fix on bad values."""
+def resolve(argv: list[str] | None = None, memory: tuple[float, float] | None = None) -> SimConfig:
+    """Parse argv and derive every default; raises ConfigError with the fix on bad values. memory: the GPU's
+    free bytes before and after loading the weights, where other engines share it (sim/memory.py)."""
     args = build_parser().parse_args(argv)
     model = model_spec(args.model_path)
     gpu, link = gpu_spec(args.sim_gpu), link_spec(args.sim_link)
@@ -119,12 +126,14 @@ def resolve(argv: list[str] | None = None) -> SimConfig:
         chunked_prefill_size=args.chunked_prefill_size, page_size=args.page_size,
         max_running=args.max_running_requests, max_total_tokens=args.max_total_tokens,
         context_length=args.context_length, cuda_graph_max_bs=args.cuda_graph_max_bs_decode,
-        disable_radix_cache=args.disable_radix_cache)
+        disable_radix_cache=args.disable_radix_cache, memory=memory)
     if args.disaggregation_mode == "decode" and args.disaggregation_decode_enable_radix_cache:
         d = replace(d, disable_radix_cache=args.disable_radix_cache)
     d = replace(d, max_prefill_tokens=args.max_prefill_tokens,
                 num_reserved_decode_tokens=args.num_reserved_decode_tokens)
     frac, pool = d.mem_fraction_static, d.pool_tokens
+    if pool <= 0 and memory is not None:
+        raise ConfigError(no_pool_message(*memory, frac))
     if pool <= 0:
         raise ConfigError(
             f"{model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV pool on "
