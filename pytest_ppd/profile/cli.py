@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from pytest_ppd.errors import ConfigError
+from pytest_ppd.profile.plan import Target, plan
 from pytest_ppd.profile.run import BACKENDS, ProfileResult, check_backend, run_profile
 from pytest_ppd.profile.sweeps import SWEEPS, ProfileDesign, parse_context, parse_tokens
 from pytest_ppd.specs import DEFAULT_GPU, DEFAULT_MODEL
@@ -63,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SGLang's --context-length; caps the sweeps (default: the model's)")
     parser.add_argument("--max-total-tokens", type=count, default=None, metavar="N",
                         help="SGLang's --max-total-tokens: a smaller KV pool (default: SGLang's for the GPU)")
+    parser.add_argument("--sim-profile", default=None, metavar="PROFILE",
+                        help="the simulated engine's cost profile: a JSON from ppd calibrate, or dynamo:DIR to "
+                             "interpolate a measured profile (default: built-in)")
+    parser.add_argument("--plan", type=_arg(Target.parse), action="append", default=[], metavar="SPEC",
+                        help="replica counts for an SLA and load, Dynamo's and cache-aware, e.g. "
+                             "ttft=300,itl=25,rate=20,isl=8000,osl=300,cached=0.8 (repeatable)")
     parser.add_argument("--sweeps", type=_arg(_sweeps), default=_D.sweeps, metavar="LIST",
                         help=f"which of {','.join(SWEEPS)} (default: all)")
     parser.add_argument("--prefill-granularity", type=count, default=_D.prefill_granularity, metavar="N",
@@ -129,9 +136,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     result = run_profile(args.model, args.gpu, args.tp, Path(args.output), design=design_from_args(args),
                          backend=args.backend, context_length=args.context_length,
                          max_total_tokens=args.max_total_tokens, progress=None if args.quiet else _progress,
-                         plots=not args.no_plots)
+                         plots=not args.no_plots,
+                         sim_flags=[f"--sim-profile={args.sim_profile}"] if args.sim_profile else [])
     for line in summary_lines(result):
         print(line)
+    for target in args.plan:
+        for line in plan(result.out_dir, target, args.tp).lines(target):
+            print(line)
     print(f"profile of {args.model} on {args.gpu} x{args.tp} ({args.backend}): {len(result.files)} files in "
           f"{result.out_dir} ({result.measured} points measured, {result.reused} reused)")
     for note in result.notes:

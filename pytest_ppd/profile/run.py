@@ -61,13 +61,14 @@ class ProfileResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _topology(model: str, gpu: str, tp: int, context_length: int | None,
-              max_total_tokens: int | None) -> Callable[[], tuple[Deployment, list[list[str]]]]:
+def _topology(model: str, gpu: str, tp: int, context_length: int | None, max_total_tokens: int | None,
+              sim_flags: Sequence[str] = ()) -> Callable[[], tuple[Deployment, list[list[str]]]]:
     from pytest_ppd.servers.topology import TopologyConfig
     from pytest_ppd.servers.virtual import virtual_topology
 
     cfg = TopologyConfig(backend="sim", kind="colocated", model=model, gpu=gpu, tp_size=tp,
-                         context_length=context_length, max_total_tokens=max_total_tokens)
+                         context_length=context_length, max_total_tokens=max_total_tokens,
+                         sim_flags=tuple(sim_flags))
     return lambda: virtual_topology(cfg)
 
 
@@ -134,8 +135,9 @@ def _sha256(path: Path) -> str:
 def run_profile(model: str, gpu: str, tp: int, out_dir: Path, *, design: ProfileDesign = DEFAULT_DESIGN,
                 backend: str = "virtual", context_length: int | None = None, max_total_tokens: int | None = None,
                 progress: Progress | None = None, plots: bool = True, command: Sequence[str] | None = None,
-                ) -> ProfileResult:
-    """Sweep, prove, and write the profile directory (resuming from its records when the design matches)."""
+                sim_flags: Sequence[str] = ()) -> ProfileResult:
+    """Sweep, prove, and write the profile directory (resuming from its records when the design matches);
+    sim_flags: --sim-* flags of the simulated engine (e.g. --sim-profile=dynamo:DIR)."""
     check_backend(backend)
     design = design.validate()
     if tp < 1:
@@ -143,7 +145,7 @@ def run_profile(model: str, gpu: str, tp: int, out_dir: Path, *, design: Profile
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"-o {out_dir} is a file; give a directory for the profile")
-    build = _topology(model, gpu, tp, context_length, max_total_tokens)
+    build = _topology(model, gpu, tp, context_length, max_total_tokens, sim_flags)
     dep, argvs = build()
     engine = _engine(dep, argvs[0][_MODULE_ARGS:])
     identity = {"backend": backend, "model": model, "gpu": gpu, "tp": tp, "argv": engine.argv}

@@ -18,6 +18,7 @@ from pytest_ppd.specs import (DEFAULT_GPU, DEFAULT_LINK, GpuSpec, LinkSpec, Mode
                               model_spec)
 
 DISAGG_MODES = ("null", "prefill", "decode")
+TABLE_PREFIX = "dynamo:"  # --sim-profile dynamo:DIR (sim/tablecost.py)
 TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori", "mooncake_tcp")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "npcache", "dummy", "sharded_state", "gguf",
                 "bitsandbytes", "layered", "remote", "remote_instance", "fastsafetensors",
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--context-length", type=int, default=None)
     sg.add_argument("--disable-radix-cache", action="store_true")
     sg.add_argument("--skip-tokenizer-init", action="store_true")
+    sg.add_argument("--enable-cache-report", action="store_true")  # usage.prompt_tokens_details (sim/openai.py)
     sg.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
     sg.add_argument("--enable-metrics", action="store_true")
     sg.add_argument("--api-key", default=None)
@@ -65,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = p.add_argument_group("simulation (--sim-*)")
     sim.add_argument("--sim-gpu", default=DEFAULT_GPU, help=f"GPU to simulate (default: {DEFAULT_GPU})")
     sim.add_argument("--sim-link", default=DEFAULT_LINK, help=f"P/D KV-transfer link (default: {DEFAULT_LINK})")
-    sim.add_argument("--sim-profile", default=None, help="cost profile JSON (default: built-in)")
+    sim.add_argument("--sim-profile", default=None,
+                     help="cost profile JSON, or dynamo:DIR to interpolate step times from a profile written by "
+                          "ppd profile or Dynamo's profiler (default: built-in)")
     sim.add_argument("--sim-slowdown", type=float, default=1.0,
                      help="multiply every step time by this factor >= 1 (default: 1.0)")
     sim.add_argument("--sim-slow-prompt", action="append", default=[], metavar="LEN:FACTOR",
@@ -160,7 +164,8 @@ def resolve(argv: list[str] | None = None, memory: tuple[float, float] | None = 
 
 def profile_for(args: argparse.Namespace) -> CostProfile:
     """--sim-profile (default: built-in) with --sim-slowdown applied."""
-    profile = CostProfile.load(args.sim_profile) if args.sim_profile else CostProfile()
+    table = args.sim_profile and args.sim_profile.startswith(TABLE_PREFIX)
+    profile = CostProfile.load(args.sim_profile) if args.sim_profile and not table else CostProfile()
     if args.sim_slowdown != 1.0:
         profile = replace(profile, slowdown=args.sim_slowdown)
     return profile
@@ -169,8 +174,15 @@ def profile_for(args: argparse.Namespace) -> CostProfile:
 def engine_for(cfg: SimConfig, profile: CostProfile) -> Engine:
     """The engine core as SGLang 0.5.23 would be configured by cfg's flags (served or virtual driver)."""
     d = cfg.resolved
-    cost = CostModel(cfg.model, cfg.gpu, profile, tp_size=cfg.args.tp_size,
-                     attention_backend=cfg.args.attention_backend or d.attention_backend)
+    backend = cfg.args.attention_backend or d.attention_backend
+    source = cfg.args.sim_profile or ""
+    if source.startswith(TABLE_PREFIX):  # step times interpolated from a measured (Dynamo-format) profile
+        from pytest_ppd.sim.tablecost import TableCostModel
+
+        cost: CostModel = TableCostModel(cfg.model, cfg.gpu, source[len(TABLE_PREFIX):], profile,
+                                         cfg.args.tp_size, backend)
+    else:
+        cost = CostModel(cfg.model, cfg.gpu, profile, tp_size=cfg.args.tp_size, attention_backend=backend)
     return Engine(cost, cfg.pool_tokens,
                   mode=cfg.args.disaggregation_mode, chunked_prefill_size=cfg.chunked_prefill_size,
                   max_running_requests=cfg.max_running_requests, page_size=cfg.page_size,
