@@ -1,4 +1,5 @@
-"""The ``ppd`` command: serve, validate, report, compare, calibrate, predict, profile, microbench, import-table, reap.
+"""The ``ppd`` command: serve, validate, report, compare, calibrate, predict, profile, microbench, cluster,
+import-table, reap.
 
     ppd serve --backend sim --topology pd          # prints one JSON line when healthy
     ppd serve --backend sglang --topology pd --dry-run
@@ -7,6 +8,7 @@
     ppd predict --profile default --points "8,4096,512"
     ppd profile --model Llama-3.1-8B --gpu H100 -o prof/   # Dynamo's sweeps + cached context (virtual time)
     ppd microbench -o h100.json                    # GPU ceilings for `ppd calibrate --caps`
+    ppd cluster --gpus 8 --strategy static --workload multiturn --rate 20   # a cluster study (virtual time)
     ppd import-table CSV -o records.jsonl          # a published table, re-proven
     ppd reap                                       # stop servers a crashed run left behind
 """
@@ -62,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gpu=args.gpu, prefill_gpu=args.prefill_gpu, link=args.link, tp_size=args.tp_size, share_gpu=args.share_gpu,
         transfer_backend=args.transfer_backend, api_key=api_key_from_env(),
         sim_flags=tuple(args.sim_flag or ()),
+        text=True, tokenizer=args.tokenizer,  # text prompts and /v1/* for every client (the grid keeps input_ids)
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote_bind:
         raise ConfigError(f"--host {args.host} would expose servers beyond this machine; "
@@ -237,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(sglang; the sim models the same memory) (default: off)")
     serve.add_argument("--transfer-backend", default="auto", choices=TRANSFER_BACKENDS,
                        help="P/D KV transfer; auto: mooncake with an RDMA device, else mooncake_tcp (default: auto)")
+    serve.add_argument("--tokenizer", default=None, metavar="DIR",
+                       help="Hugging Face tokenizer directory the engines tokenize with (default: the model "
+                            "directory's, else for the sim a built-in stand-in; sglang needs one for text)")
     serve.add_argument("--sim-flag", action="append", metavar="FLAG",
                        help="extra --sim-* flag for every sim engine, e.g. --sim-flag=--sim-slowdown=1.2")
     serve.add_argument("--workdir", default=None, help="model dir and logs (default: a new temp dir)")
@@ -276,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.set_defaults(func=cmd_calibrate)
 
     from pytest_ppd import microbench, profile
+    from pytest_ppd.cluster import cli as cluster_cli
+
+    clu = sub.add_parser("cluster", help="a cluster study in virtual time: N GPUs, a deployment or strategy, a load")
+    cluster_cli.add_arguments(clu)
+    clu.set_defaults(func=cluster_cli.cmd_cluster)
 
     prof = sub.add_parser("profile", help="Dynamo-compatible prefill/decode sweeps plus the cached-context sweep")
     profile.add_arguments(prof)

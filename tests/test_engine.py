@@ -116,4 +116,22 @@ def test_abort_releases_everything():
     engine.add(req)
     engine.complete(engine.schedule(0.0), 0.01)
     engine.abort(req)
-    assert engine.used_tokens == 0 and engine.cache.protected_size == 0 and engine.idle()
+    # its prompt entered the tree when it was prefilled (SGLang's cache_unfinished_req): kept, unlocked, evictable
+    assert engine.owned_tokens == 0 and engine.cache.protected_size == 0 and engine.idle()
+    assert engine.used_tokens == engine.cache.total_size == 100 and engine.cache.evict(100) == 100
+
+
+def test_a_prompt_being_prefilled_is_shared_with_a_request_admitted_meanwhile():
+    """SGLang caches each prefilled chunk at once: the second of two requests with one long system prompt,
+    admitted after the first's first chunk, reuses that chunk instead of computing it again."""
+    engine = make_engine(chunked_prefill_size=1024)
+    shared = list(range(1, 3001))
+    first = SimRequest("a", shared + [5001], 4, arrival_s=0.0)
+    engine.add(first)
+    engine.complete(engine.schedule(0.0), 0.01)  # 1024 of its 3001 tokens
+    second = SimRequest("b", shared + [5002], 4, arrival_s=0.01)
+    engine.add(second)
+    for _ in range(4):
+        batch = engine.schedule(0.02)
+        engine.complete(batch, 0.03)
+    assert second.cached_tokens >= 1024 and engine.cache.check_invariants() is None

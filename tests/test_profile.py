@@ -18,6 +18,7 @@ from pytest_ppd.profile import ProfileDesign, add_arguments, cmd_profile, read_d
 from pytest_ppd.profile import formats, measure, sweeps
 from pytest_ppd.profile.measure import PointRecord
 from pytest_ppd.servers.topology import TopologyConfig
+from pytest_ppd.profile.engines import VirtualEngine
 from pytest_ppd.servers.virtual import virtual_topology
 
 MODEL, GPU, CTX = "Llama-3.1-8B", "H100-SXM", 8192
@@ -142,8 +143,9 @@ def test_cached_context_costs_more_with_L_but_far_less_than_a_cold_prefill(profi
     for m in SMALL.cached_m:
         ttfts = [profile.cached.at(m, L) for L in (0, 1024, 4096)]
         assert ttfts[0] < ttfts[1] < ttfts[2], (m, ttfts)
-    dep, _ = virtual_topology(TopologyConfig(kind="colocated", model=MODEL, gpu=GPU, context_length=CTX))
-    cold = measure.send(dep, [measure.PromptIds(128256, 7).fresh(4096 + 512)], 1)[0]
+    engine = VirtualEngine(lambda: virtual_topology(TopologyConfig(kind="colocated", model=MODEL, gpu=GPU,
+                                                                   context_length=CTX)))
+    cold = engine.send([measure.PromptIds(128256, 7).fresh(4096 + 512)], 1)[0]
     assert cold.meta_info["cached_tokens"] == 0 and profile.cached.at(512, 4096) < 0.5 * cold.ttft_ns / 1e6
 
 
@@ -160,9 +162,9 @@ def test_a_flushed_cache_is_reported_not_recorded(tmp_path, monkeypatch):
     """Plant a flush between warm-up and measurement: every point that needed the cache fails its proof."""
     real = measure.warm
 
-    def warm_then_flush(dep, prompts):
-        real(dep, prompts)
-        assert dep.flush()
+    def warm_then_flush(engine, prompts):
+        real(engine, prompts)
+        engine.flush()
 
     monkeypatch.setattr(measure, "warm", warm_then_flush)
     design = replace(SMALL, cached_L=(0, 1024))
@@ -214,7 +216,8 @@ def test_tp_divides_throughput_per_gpu(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"backend": "sglang"}, "--backend sglang is not available yet; use --backend virtual"),
+    ({"backend": "external"}, "--backend external needs --url of one SGLang engine"),
+    ({"url": "http://127.0.0.1:1"}, "--url is for --backend external"),
     ({"backend": "vllm"}, "'vllm' is not a profile backend; valid: virtual, sim, sglang, external"),
     ({"design": replace(SMALL, prefill_reps=0)}, "--prefill-reps must be >= 1"),
     ({"design": replace(SMALL, sweeps=("prefil",))}, "--sweeps: prefil; valid"),
@@ -252,7 +255,7 @@ def test_the_command_writes_plots_and_exits_0(tmp_path, capsys):
 
 
 def test_the_command_refuses_other_backends_and_bad_lists(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="not available yet"):
+    with pytest.raises(ConfigError, match="needs --url"):
         cmd_profile(_parse(["--backend", "external", "-o", str(tmp_path)]))
     with pytest.raises(SystemExit):
         _parse(["-o", str(tmp_path), "--cached-m", "0,32"])

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from pytest_ppd.config import api_key_from_env
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.profile.plan import Target, plan
 from pytest_ppd.profile.run import BACKENDS, ProfileResult, check_backend, run_profile
@@ -54,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option of `ppd profile`; defaults are Dynamo 1.6.1's grids plus our cached-context grid."""
     count = _arg(_count)
     parser.add_argument("--backend", default="virtual", metavar="|".join(BACKENDS),
-                        help="where to measure; only virtual is available yet (default: virtual)")
+                        help="where to measure: virtual time, the served sim, SGLang on this node (one colocated "
+                             "engine each), or an engine you run (--url) (default: virtual)")
+    parser.add_argument("--url", default=None, help="--backend external: the SGLang engine to profile")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name or model directory (default: {DEFAULT_MODEL})")
     parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"(default: {DEFAULT_GPU})")
@@ -137,7 +140,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          backend=args.backend, context_length=args.context_length,
                          max_total_tokens=args.max_total_tokens, progress=None if args.quiet else _progress,
                          plots=not args.no_plots,
-                         sim_flags=[f"--sim-profile={args.sim_profile}"] if args.sim_profile else [])
+                         sim_flags=[f"--sim-profile={args.sim_profile}"] if args.sim_profile else [],
+                         url=args.url, api_key=api_key_from_env())
     for line in summary_lines(result):
         print(line)
     for target in args.plan:

@@ -30,8 +30,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pytest_ppd.client.stream import RequestResult
 from pytest_ppd.errors import ConfigError, MeasurementError
-from pytest_ppd.sim.deployment import Deployment, Request
+from pytest_ppd.profile.engines import ProfileEngine
 
 RECORDS_FILE = "profile_records.jsonl"
 _LOW = 1000  # clear of special ids, as the grid's workloads (client/workload.py)
@@ -138,44 +139,38 @@ class PromptIds:
         return ids.tolist()
 
 
-def send(dep: Deployment, prompts: Sequence[list[int]], max_new: int) -> list[Request]:
-    """Send the prompts together at the current virtual time and run until all are answered."""
-    handles = [dep.submit(p, max_new, check_ids=False) for p in prompts]
-    dep.run_until_done(handles)
-    return handles
-
-
-def warm(dep: Deployment, prompts: Sequence[list[int]]) -> None:
+def warm(engine: ProfileEngine, prompts: Sequence[list[int]]) -> None:
     """Put the prompts in the prefix cache (one output token each)."""
-    failed = [h.error for h in send(dep, prompts, 1) if h.error]
+    failed = [r.error for r in engine.send(prompts, 1) if r.error]
     if failed:
-        raise MeasurementError(f"warm-up failed: {failed[0]}")
+        raise MeasurementError(f"warm-up failed: {failed[0][0]}: {failed[0][1]}")
 
 
-def flush(dep: Deployment) -> None:
-    dep.run()
-    if not dep.flush():
-        raise MeasurementError("the virtual deployment still has requests in flight; cannot flush")
-
-
-def proof(req: Request, expected_cached: int, max_new: int, why: str) -> list[str]:
+def proof(req: RequestResult, expected_cached: int, max_new: int, why: str) -> list[str]:
     """Why this request cannot be counted (empty: it is proven)."""
     if req.error is not None:
-        return [f"error: {req.error}"]
+        return [f"error: {req.error[0]}: {req.error[1]}"]
     reasons = []
     cached = req.meta_info.get("cached_tokens")
     if cached != expected_cached:
         reasons.append(f"cached_tokens {cached} != {expected_cached} ({why})")
-    if len(req.output_ids) != max_new or not req.token_ns:
-        reasons.append(f"{len(req.output_ids)} output tokens, expected {max_new}")
+    if req.n_output_ids != max_new or not req.event_ns:
+        reasons.append(f"{req.n_output_ids} output tokens, expected {max_new}")
     return reasons
+
+
+def itl_ms(req: RequestResult) -> float | None:
+    """(last token - first token) / (tokens - 1): AIPerf's inter-token latency of one request."""
+    if len(req.event_ns) < 2 or req.n_output_ids < 2:
+        return None
+    return (req.event_ns[-1] - req.event_ns[0]) / (req.n_output_ids - 1) / 1e6
 
 
 def _aligned(tokens: int, page: int) -> int:
     return tokens - tokens % page
 
 
-def _record(sweep: str, key: str, design: str, reqs: list[Request], expected: int, max_new: int, why: str,
+def _record(sweep: str, key: str, design: str, reqs: list[RequestResult], expected: int, max_new: int, why: str,
             **extra: Any) -> PointRecord:
     valid, reasons = [], []
     for i, req in enumerate(reqs):
@@ -192,43 +187,44 @@ def _report(progress: Progress | None, sweep: str, done: int, total: int) -> Non
         progress(sweep, done, total)
 
 
-def measure_prefill(dep: Deployment, isls: Sequence[int], reps: int, osl: int, store: ProfileStore, *,
+def measure_prefill(engine: ProfileEngine, isls: Sequence[int], reps: int, osl: int, store: ProfileStore, *,
                     seed: int = 0, progress: Progress | None = None) -> None:
-    ids = PromptIds(dep.nodes[0].cfg.model.vocab_size, seed)
+    ids = PromptIds(engine.vocab_size, seed)
     for i, isl in enumerate(isls):
         key = f"isl={isl}"
         if not store.done("prefill", key):
-            reqs = [send(dep, [ids.fresh(isl)], osl)[0] for _ in range(reps)]
+            reqs = [engine.send([ids.fresh(isl)], osl)[0] for _ in range(reps)]
             store.append(_record("prefill", key, store.design, reqs, 0, osl, "a cold prefill reuses nothing",
                                  isl=isl))
         _report(progress, "prefill", i + 1, len(isls))
 
 
-def measure_decode(dep_factory: Callable[[], Deployment], points: Sequence[tuple[int, int]], osl: int,
+def measure_decode(engine: ProfileEngine, points: Sequence[tuple[int, int]], osl: int,
                    store: ProfileStore, *, seed: int = 0, progress: Progress | None = None) -> None:
-    dep: Deployment | None = None
+    fresh = True
     for i, (isl, n) in enumerate(points):
         key = f"isl={isl},n={n}"
         if not store.done("decode", key):
-            dep = dep or dep_factory()
-            flush(dep)
-            ids = PromptIds(dep.nodes[0].cfg.model.vocab_size, seed)
+            if fresh:
+                engine.reset()
+                fresh = False
+            engine.flush()
+            ids = PromptIds(engine.vocab_size, seed)
             prompts = [ids.fresh(isl) for _ in range(n)]
-            warm(dep, prompts)
-            reqs = send(dep, prompts, osl)
-            itl = [(r.token_ns[-1] - r.token_ns[0]) / (len(r.token_ns) - 1) / 1e6 if len(r.token_ns) > 1 else None
-                   for r in reqs]
-            ends = [r.token_ns[-1] for r in reqs if r.token_ns]
+            warm(engine, prompts)
+            reqs = engine.send(prompts, osl)
+            ends = [r.event_ns[-1] for r in reqs if r.event_ns]
             duration = (max(ends) - min(r.sent_ns for r in reqs)) / 1e6 if ends else None
-            store.append(_record("decode", key, store.design, reqs, _aligned(isl - 1, dep.page_size), osl,
-                                 "the warm-up should have cached the prompt", isl=isl, concurrency=n, itl_ms=itl,
-                                 output_tokens=sum(len(r.output_ids) for r in reqs), duration_ms=duration))
+            store.append(_record("decode", key, store.design, reqs, _aligned(isl - 1, engine.facts.page_size), osl,
+                                 "the warm-up should have cached the prompt", isl=isl, concurrency=n,
+                                 itl_ms=[itl_ms(r) for r in reqs], output_tokens=sum(r.n_output_ids for r in reqs),
+                                 duration_ms=duration))
         _report(progress, "decode", i + 1, len(points))
 
 
-def measure_cached(dep_factory: Callable[[], Deployment], points: Sequence[tuple[int, int]], reps: int,
+def measure_cached(engine: ProfileEngine, points: Sequence[tuple[int, int]], reps: int,
                    store: ProfileStore, *, seed: int = 0, progress: Progress | None = None) -> None:
-    dep: Deployment | None = None
+    fresh = True
     rows: dict[int, list[int]] = {}
     for m, L in points:
         rows.setdefault(L, []).append(m)
@@ -236,15 +232,18 @@ def measure_cached(dep_factory: Callable[[], Deployment], points: Sequence[tuple
     for L, ms in rows.items():
         todo = [m for m in ms if not store.done("cached", f"m={m},L={L}")]
         if todo:
-            dep = dep or dep_factory()
-            flush(dep)
-            ids = PromptIds(dep.nodes[0].cfg.model.vocab_size, seed)
+            if fresh:
+                engine.reset()
+                fresh = False
+            engine.flush()
+            ids = PromptIds(engine.vocab_size, seed)
             context = ids.fresh(L) if L else []
             if L:
-                warm(dep, [context])
+                warm(engine, [context])
             for m in todo:
-                reqs = [send(dep, [context + ids.fresh(m)], 1)[0] for _ in range(reps)]
-                store.append(_record("cached", f"m={m},L={L}", store.design, reqs, _aligned(L, dep.page_size), 1,
+                reqs = [engine.send([context + ids.fresh(m)], 1)[0] for _ in range(reps)]
+                store.append(_record("cached", f"m={m},L={L}", store.design, reqs,
+                                     _aligned(L, engine.facts.page_size), 1,
                                      "the context should be cached and the append not", isl=L + m, m=m, L=L))
         done += len(ms)
         _report(progress, "cached", done, len(points))

@@ -1,4 +1,5 @@
-"""run_profile: the three sweeps on the virtual backend, then every file of the profile directory.
+"""run_profile: the three sweeps on one engine (virtual, sim, sglang or external), then every file of the
+profile directory.
 
     result = run_profile("Llama-3.1-8B", "H100-SXM", 1, Path("profile-h100"))
     result.prefill.ttft_ms, result.decode.z_itl, result.cached.at(512, 4096), result.invalid
@@ -14,7 +15,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -22,26 +23,12 @@ from pytest_ppd import __version__
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.profile import formats, measure, sweeps
 from pytest_ppd.profile.formats import CachedTable, DecodeTable, PrefillTable
+from pytest_ppd.profile.engines import BACKENDS, EngineFacts, open_engine
 from pytest_ppd.profile.measure import PointRecord, ProfileStore, Progress
 from pytest_ppd.profile.sweeps import ProfileDesign
-from pytest_ppd.sim.deployment import Deployment
 
-BACKENDS = ("virtual", "sim", "sglang", "external")
-AVAILABLE_BACKENDS = ("virtual",)
 MANIFEST_FILE = "profile_manifest.json"
-_MODULE_ARGS = 3  # python -m pytest_ppd.sim
 DEFAULT_DESIGN = ProfileDesign()
-
-
-@dataclass(frozen=True)
-class EngineFacts:
-    """What the profiled engine is, as the sweeps see it."""
-
-    argv: list[str]
-    context_length: int  # what a request may span (SGLang's --context-length or the model's)
-    max_context_length: int  # what the sweeps use: min(context_length, the longest input the pool takes)
-    max_kv_tokens: int  # SGLang's max_total_num_tokens (its "KV Cache is allocated ... #tokens")
-    page_size: int
 
 
 @dataclass(frozen=True)
@@ -61,28 +48,9 @@ class ProfileResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _topology(model: str, gpu: str, tp: int, context_length: int | None, max_total_tokens: int | None,
-              sim_flags: Sequence[str] = ()) -> Callable[[], tuple[Deployment, list[list[str]]]]:
-    from pytest_ppd.servers.topology import TopologyConfig
-    from pytest_ppd.servers.virtual import virtual_topology
-
-    cfg = TopologyConfig(backend="sim", kind="colocated", model=model, gpu=gpu, tp_size=tp,
-                         context_length=context_length, max_total_tokens=max_total_tokens,
-                         sim_flags=tuple(sim_flags))
-    return lambda: virtual_topology(cfg)
-
-
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ConfigError(f"'{backend}' is not a profile backend; valid: {', '.join(BACKENDS)}")
-    if backend not in AVAILABLE_BACKENDS:
-        raise ConfigError(f"ppd profile --backend {backend} is not available yet; use --backend virtual")
-
-
-def _engine(dep: Deployment, argv: list[str]) -> EngineFacts:
-    cfg = dep.nodes[0].cfg
-    longest = min(cfg.context_length, cfg.resolved.max_req_input_len)
-    return EngineFacts(argv, cfg.context_length, longest, cfg.pool_tokens, dep.page_size)
 
 
 def _prefill_table(store: ProfileStore, isls: Sequence[int], num_gpus: int) -> PrefillTable:
@@ -135,9 +103,11 @@ def _sha256(path: Path) -> str:
 def run_profile(model: str, gpu: str, tp: int, out_dir: Path, *, design: ProfileDesign = DEFAULT_DESIGN,
                 backend: str = "virtual", context_length: int | None = None, max_total_tokens: int | None = None,
                 progress: Progress | None = None, plots: bool = True, command: Sequence[str] | None = None,
-                sim_flags: Sequence[str] = ()) -> ProfileResult:
+                sim_flags: Sequence[str] = (), url: str | None = None, api_key: str | None = None,
+                workdir: Path | None = None) -> ProfileResult:
     """Sweep, prove, and write the profile directory (resuming from its records when the design matches);
-    sim_flags: --sim-* flags of the simulated engine (e.g. --sim-profile=dynamo:DIR)."""
+    sim_flags: --sim-* flags of the simulated engine (e.g. --sim-profile=dynamo:DIR); url: the engine of
+    --backend external; workdir: logs and model directory of a started engine (sim, sglang)."""
     check_backend(backend)
     design = design.validate()
     if tp < 1:
@@ -145,29 +115,34 @@ def run_profile(model: str, gpu: str, tp: int, out_dir: Path, *, design: Profile
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"-o {out_dir} is a file; give a directory for the profile")
-    build = _topology(model, gpu, tp, context_length, max_total_tokens, sim_flags)
-    dep, argvs = build()
-    engine = _engine(dep, argvs[0][_MODULE_ARGS:])
+    runner = open_engine(backend, model, gpu, tp, context_length=context_length, max_total_tokens=max_total_tokens,
+                         sim_flags=sim_flags, url=url, api_key=api_key, workdir=workdir)
+    try:
+        return _run(runner, model, gpu, tp, out_dir, design, backend, progress, plots, command)
+    finally:
+        runner.close()
+
+
+def _run(runner: Any, model: str, gpu: str, tp: int, out_dir: Path, design: ProfileDesign, backend: str,
+         progress: Progress | None, plots: bool, command: Sequence[str] | None) -> ProfileResult:
+    engine: EngineFacts = runner.facts
     identity = {"backend": backend, "model": model, "gpu": gpu, "tp": tp, "argv": engine.argv}
     digest = sweeps.design_hash(design, identity)
     store = ProfileStore(out_dir, digest)
     reused = len(store.records)
     num_gpus, ctx = tp, engine.max_context_length
 
-    def fresh() -> Deployment:
-        return build()[0]
-
     isls = sweeps.prefill_isls(ctx, design.prefill_granularity) if "prefill" in design.sweeps else []
     dpoints = (sweeps.decode_points(ctx, engine.max_kv_tokens, design.decode_osl, design.decode_granularity,
                                     design.decode_max_concurrency) if "decode" in design.sweeps else [])
     cpoints = (sweeps.cached_points(design.cached_m, design.cached_L, ctx) if "cached" in design.sweeps else [])
     if isls:
-        measure.measure_prefill(dep, isls, design.prefill_reps, design.prefill_osl, store, seed=design.seed,
+        measure.measure_prefill(runner, isls, design.prefill_reps, design.prefill_osl, store, seed=design.seed,
                                 progress=progress)
     if dpoints:
-        measure.measure_decode(fresh, dpoints, design.decode_osl, store, seed=design.seed, progress=progress)
+        measure.measure_decode(runner, dpoints, design.decode_osl, store, seed=design.seed, progress=progress)
     if cpoints:
-        measure.measure_cached(fresh, cpoints, design.cached_reps, store, seed=design.seed, progress=progress)
+        measure.measure_cached(runner, cpoints, design.cached_reps, store, seed=design.seed, progress=progress)
 
     notes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,14 +176,14 @@ def run_profile(model: str, gpu: str, tp: int, out_dir: Path, *, design: Profile
     invalid = _invalid([r for k, r in store.records.items() if k in in_grid])
     manifest = {
         "tool": "pytest-ppd", "version": __version__, "command": list(command if command is not None else sys.argv),
-        "backend": backend, "clock": "virtual (discrete-event, integer ns; no host time)",
+        "backend": backend, "clock": runner.clock,
         "model": model, "gpu": gpu, "tp": tp, "num_gpus": num_gpus,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"pytest_ppd": __version__, "python": platform.python_version(), "numpy": np.__version__},
         "design": design.to_json(), "design_hash": digest,
         "engine": {"argv": engine.argv, "context_length": engine.context_length,
                    "max_context_length": engine.max_context_length, "max_kv_tokens": engine.max_kv_tokens,
-                   "page_size": engine.page_size, "deployment": "one colocated engine per sweep"},
+                   "page_size": engine.page_size, "deployment": "one colocated engine, flushed between sweeps"},
         "points": {"prefill": len(isls), "decode": len(dpoints), "cached": len(cpoints), "cached_clipped": clipped,
                    "measured": len(store.records) - reused, "reused": reused, "invalid": len(invalid)},
         "compatible_with": "ai-dynamo 1.6.1 planner (perf_metrics._convert_*_profiling) and Mocker "

@@ -70,6 +70,10 @@ class LaunchSpec:
     sim_link: str = DEFAULT_LINK
     sim_flags: tuple[str, ...] = ()
     extra_engine_args: tuple[str, ...] = field(default_factory=tuple)
+    # Text mode (`ppd serve`): engines tokenize (this HF tokenizer, else the model's or the sim's stand-in) and
+    # report cached tokens in OpenAI usage; off, they take input_ids only (--skip-tokenizer-init), as the grid does.
+    text: bool = False
+    tokenizer_path: Path | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_MODULES:
@@ -78,10 +82,11 @@ class LaunchSpec:
 
 def engine_argv(spec: LaunchSpec, eng: EngineLaunch) -> list[str]:
     """python -m <sglang.launch_server | pytest_ppd.sim> with SGLang's flags."""
+    text = ["--enable-cache-report"] + (["--tokenizer-path", str(spec.tokenizer_path)] if spec.tokenizer_path else [])
     argv = [sys.executable, "-m", BACKEND_MODULES[spec.backend],
             "--model-path", str(spec.model_path), "--host", spec.host, "--port", str(eng.port),
             "--tp-size", str(spec.tp_size), "--base-gpu-id", str(eng.base_gpu_id),
-            "--load-format", spec.load_format, "--skip-tokenizer-init", "--enable-metrics"]
+            "--load-format", spec.load_format, *(text if spec.text else ["--skip-tokenizer-init"]), "--enable-metrics"]
     if eng.role in ("prefill", "decode"):
         argv += ["--disaggregation-mode", eng.role,
                  "--disaggregation-transfer-backend", spec.transfer_backend]

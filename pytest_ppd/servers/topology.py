@@ -48,6 +48,8 @@ class TopologyConfig:
     max_total_tokens: int | None = None
     context_length: int | None = None
     prefill_gpu: str | None = None  # sim: the prefill engine's GPU when it differs from gpu
+    text: bool = False  # `ppd serve`: engines answer text and OpenAI requests (commands.LaunchSpec.text)
+    tokenizer: str | None = None  # text mode: a Hugging Face tokenizer directory
 
     def validate(self) -> None:
         if self.backend not in ("sim", "sglang"):
@@ -64,6 +66,9 @@ class TopologyConfig:
                 raise ConfigError("a different prefill GPU is a sim setting; SGLang runs on the GPUs it finds")
         link_spec(self.link)
         resolve_transfer_backend(self.transfer_backend)
+        if self.tokenizer is not None and not Path(self.tokenizer).expanduser().is_dir():
+            raise ConfigError(f"--tokenizer {self.tokenizer}: no such directory; "
+                              "give a Hugging Face tokenizer directory")
 
     def check_installed(self) -> None:
         """What launching (not planning) needs installed."""
@@ -71,6 +76,9 @@ class TopologyConfig:
             raise ConfigError("sglang-router is not installed; pip install sglang-router==0.3.2")
         if self.backend == "sglang" and not _module_available("sglang"):
             raise ConfigError("SGLang is not installed here; on a GPU node: pip install 'pytest-ppd[sglang]'")
+        if self.backend == "sim" and self.tokenizer and not (_module_available("tokenizers")
+                                                             or _module_available("transformers")):
+            raise ConfigError("--tokenizer needs the tokenizers (or transformers) package; pip install tokenizers")
         backend = resolve_transfer_backend(self.transfer_backend)
         if self.backend == "sglang" and self.kind == "pd" and backend.startswith("mooncake") \
                 and not _module_available("mooncake"):
@@ -159,6 +167,10 @@ def plan(cfg: TopologyConfig, workdir: Path) -> Topology:
         sim_prefill_gpu=gpu_spec(cfg.prefill_gpu).name if cfg.prefill_gpu else None,
         extra_engine_args=cfg.engine_args, max_total_tokens=cfg.max_total_tokens,
         context_length=cfg.context_length,
+        # SGLang itself needs a tokenizer for text: a built-in model (config.json only) stays on input_ids.
+        text=cfg.text and (cfg.backend == "sim" or cfg.tokenizer is not None
+                           or any((model_path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))),
+        tokenizer_path=Path(cfg.tokenizer).expanduser().resolve() if cfg.tokenizer else None,
     )
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     logs = workdir / "logs"

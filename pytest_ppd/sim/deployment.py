@@ -13,7 +13,7 @@ sleeping: the same submissions give bit-identical times on any machine.
 
 What a request goes through, as in the served sim (``sim/server.py``, ``sim/pd.py``):
 - colocated: the engine's per-request overhead (``request_overhead_s``), then its queue and steps;
-- P/D: the router sends it to one prefill and one decode engine at once (round robin each);
+- P/D: ``route`` picks one prefill and one decode engine (round robin; a colocated engine as decode can prefill);
   both spend their per-request overhead; decode waits for the prefill to finish, then moves the
   KV decode lacks over its link (bandwidth + latency, one transfer at a time per link, so
   concurrent hand-offs queue), plus ``bootstrap_s`` per hand-off; the first decode step emits
@@ -69,7 +69,7 @@ class Deployment:
         self.prefill = [node_for(f"prefill{i}", c, bootstrap_s) for i, c in enumerate(prefill)]
         self.decode = [node_for(f"decode{i}", c, bootstrap_s) for i, c in enumerate(decode)]
         for group, role in ((self.colocated, "colocated"), (self.prefill, "prefill"), (self.decode, "decode")):
-            wrong = [n.name for n in group if n.role != role]
+            wrong = [n.name for n in group if n.role != role and (role, n.role) != ("decode", "colocated")]
             if wrong:
                 raise ConfigError(f"{wrong[0]}: its argv sets --disaggregation-mode for another role than {role}")
         self.nodes = self.colocated + self.prefill + self.decode
@@ -123,9 +123,7 @@ class Deployment:
         if at < self.now_ns:
             raise ValueError(f"cannot send at {at} ns: the clock is already at {self.now_ns} ns")
         handle = Request(rid or f"v{next(self._rids)}", list(input_ids), max_new_tokens, at)
-        group = self.colocated or self.decode
-        serving = group[next(self._rr["colocated" if self.colocated else "decode"]) % len(group)]
-        prefill = self.prefill[next(self._rr["prefill"]) % len(self.prefill)] if self.prefill else None
+        serving, prefill = self.route(handle)
         handle.engine, handle.prefill = serving.name, prefill.name if prefill else None
         problem = self._refusal(handle, prefill or serving, check_ids)
         if problem:
@@ -167,6 +165,12 @@ class Deployment:
             bad = next(t for t in handle.input_ids if not 0 <= t < vocab)
             return f"ValueError: token id {bad} is outside the vocabulary (0..{vocab - 1})"
         return None
+
+    def route(self, handle: Request) -> tuple[Node, Node | None]:
+        """(serving engine, prefill engine or None): round robin; cluster/routed.py overrides it."""
+        group = self.colocated or self.decode
+        serving = group[next(self._rr["colocated" if self.colocated else "decode"]) % len(group)]
+        return serving, self.prefill[next(self._rr["prefill"]) % len(self.prefill)] if self.prefill else None
 
     def abort(self, handle: Request) -> None:
         """The client went away: drop the request wherever it is (its KV is not cached)."""
@@ -228,9 +232,9 @@ class Deployment:
             return
         batch = node.engine.schedule(self.now_ns / NS)
         if batch is not None:
-            node.busy = True
-            node.steps += 1
-            self._push(self.now_ns + max(to_ns(batch.duration_s), 1), _STEP_DONE, (node, batch))
+            node.busy, step_ns = True, max(to_ns(batch.duration_s), 1)
+            node.steps, node.busy_ns = node.steps + 1, node.busy_ns + step_ns
+            self._push(self.now_ns + step_ns, _STEP_DONE, (node, batch))
 
     def _step_done(self, node: Node, batch: Batch) -> None:
         node.busy = False
@@ -263,13 +267,12 @@ class Deployment:
         done = flight.prefill_result
         assert done is not None and done.output_ids
         node = flight.serving
-        lacks = done.prompt_len  # a decode engine caches nothing: it receives the whole prompt's KV
-        start = max(self.now_ns, node.link_free_ns)
-        node.link_free_ns = start + node.transfer_ns(lacks)
+        lacks = done.prompt_len - node.engine.cache.match_prefix(done.input_ids).length  # decode-mode: 0 cached
+        arrives_ns = node.receive(lacks, self.now_ns)
         flight.sim = SimRequest(flight.handle.rid, flight.handle.input_ids, flight.handle.max_new_tokens,
                                 arrival_s=flight.handle.sent_ns / NS, preset_first_token=done.output_ids[0],
                                 preset_cached_tokens=done.cached_tokens)
-        self._push(node.link_free_ns, _KV_READY, (flight, "kv-arrived"))
+        self._push(arrives_ns, _KV_READY, (flight, "kv-arrived"))
 
     def _deliver(self, flight: _Flight, req: SimRequest, new_ids: tuple[int, ...], finished: bool) -> None:
         handle = flight.handle

@@ -218,6 +218,7 @@ class Engine:
                 continue
             if batch.kind == "extend":
                 req.computed += n
+                self._cache_unfinished(req)
                 if req.computed < req.prompt_len:
                     continue
                 req.prefill_finished_s = now
@@ -236,6 +237,20 @@ class Engine:
                 self._release(req, cache_it=True)
             events.append(Event(req, (token,), done))
         return events
+
+    def _cache_unfinished(self, req: SimRequest) -> None:
+        """SGLang's cache_unfinished_req: each prefilled chunk enters the radix tree at once (locked while the
+        request runs), so a request admitted meanwhile with the same prefix reuses it."""
+        if self.mode == "decode" or self.cache.disabled:
+            return
+        moved = self.cache.insert(req.input_ids[: req.computed])  # those tokens now belong to the tree
+        req.owned -= moved
+        req.budget -= moved  # what it still needs is unchanged
+        match = self.cache.match_prefix(req.input_ids[: req.computed])
+        self.cache.lock(match.node)
+        if req.node is not None:
+            self.cache.unlock(req.node)
+        req.node = match.node
 
     def _release(self, req: SimRequest, cache_it: bool) -> None:
         if cache_it and self.mode != "decode":

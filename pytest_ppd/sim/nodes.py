@@ -59,10 +59,18 @@ class Node:
     busy: bool = False
     link_free_ns: int = 0
     steps: int = 0
+    busy_ns: int = 0  # the sum of its step times
+    kv_tokens_in: int = 0  # KV tokens its link carried in
     slow_prompts: dict[int, float] = field(default_factory=dict)
 
     def transfer_ns(self, tokens: int) -> int:
         return to_ns(self.cfg.link.transfer_s(tokens * self.cfg.model.kv_bytes_per_token)) + self.bootstrap_ns
+
+    def receive(self, tokens: int, now_ns: int) -> int:
+        """Queue the KV of ``tokens`` on the link (one transfer at a time, FIFO); when it has arrived."""
+        self.kv_tokens_in += tokens
+        self.link_free_ns = max(now_ns, self.link_free_ns) + self.transfer_ns(tokens)
+        return self.link_free_ns
 
 
 def node_for(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:

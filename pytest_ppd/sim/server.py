@@ -52,7 +52,7 @@ class SimServer(KvBootstrap):
         self.slow_prompts = dict(cfg.slow_prompts)  # prompt length -> latency factor (--sim-slow-prompt)
         self.runner = WallClockRunner(self.engine, self._deliver)
         self.tokenizer = None if self.args.skip_tokenizer_init else SimTokenizer(
-            self.args.tokenizer_path or self.args.model_path, cfg.model.vocab_size)
+            self.args.tokenizer_path, cfg.model.vocab_size, model_dir=self.args.model_path)
         self.states: dict[int, _State] = {}
         self.rooms: dict[int, tuple[float, asyncio.Future]] = {}
         self.link_free_s = 0.0
@@ -89,6 +89,9 @@ class SimServer(KvBootstrap):
             r.add_get(path, self.model_info)
         r.add_get("/v1/models", self.models)
         r.add_get("/get_load", self.get_load)
+        from pytest_ppd.sim.openai_server import add_openai_routes  # /v1/completions, /v1/chat/completions
+
+        add_openai_routes(self, r)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -138,7 +141,7 @@ class SimServer(KvBootstrap):
         name = self.args.served_model_name or self.args.model_path
         return web.json_response({"object": "list", "data": [{
             "id": name, "object": "model", "created": int(time.time()), "owned_by": "sglang", "root": name,
-            "max_model_len": self.cfg.context_length}]})
+            "parent": None, "max_model_len": self.cfg.context_length}]})
 
     async def get_load(self, _request: web.Request) -> web.Response:
         e = self.engine

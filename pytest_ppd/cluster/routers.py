@@ -1,0 +1,150 @@
+"""Router policies (which engine of a group) and conditional-disaggregation rules (LOCAL or REMOTE).
+
+    policy = POLICIES["cache"]()                 # sglang-router's cache_aware, with its defaults
+    node = policy.pick(dep.colocated, ids, session="s3", load=dep.load)
+    parse_rule("dynamo-v0").local(uncached=1800, prefill_queue=0)   # False: send it to a prefill engine
+
+Policies see only what a router sees: the ids it sent where (its own radix tree per engine, which does
+not know about the engines' evictions), its count of requests in flight per engine, and session ids.
+Rules see what the decode side knows when the request arrives: how many prompt tokens its own cache lacks
+(``uncached``) and how many requests wait in the prefill engines' queues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from pytest_ppd.errors import ConfigError
+from pytest_ppd.sim.nodes import Node
+from pytest_ppd.sim.radix import RadixCache
+
+Load = Callable[[Node], int]
+
+
+class Policy(Protocol):
+    """Picks one engine of a group for a request."""
+
+    name: str
+
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node: ...
+
+
+def _least_loaded(nodes: Sequence[Node], load: Load) -> Node:
+    return min(nodes, key=load)  # ties: the first, so the choice is deterministic
+
+
+class RoundRobin:
+    """Each engine in turn (sglang-router's round_robin)."""
+
+    name = "rr"
+
+    def __init__(self) -> None:
+        self.turn = 0
+
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node:
+        self.turn += 1
+        return nodes[(self.turn - 1) % len(nodes)]
+
+
+class Sticky:
+    """Session affinity: a session's first turn goes to the least-loaded engine, its later turns follow it;
+    requests without a session go to the least-loaded engine."""
+
+    name = "sticky"
+
+    def __init__(self) -> None:
+        self.home: dict[str, Node] = {}
+
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node:
+        if session is not None and session in self.home and self.home[session] in nodes:
+            return self.home[session]
+        node = _least_loaded(nodes, load)
+        if session is not None:
+            self.home[session] = node
+        return node
+
+
+class CacheAware:
+    """sglang-router's cache_aware policy (sglang-router 0.3.2 defaults): when loads are imbalanced
+    (max - min > ``balance_abs`` and max > ``balance_rel`` x min) the least-loaded engine; else the
+    engine whose tree matches the longest prefix if it matches more than ``cache_threshold`` of the prompt,
+    else the engine with the smallest tree. Trees hold the prompts the router sent (never the answers, which
+    it does not see), capped at the engine's pool."""
+
+    name = "cache"
+
+    def __init__(self, cache_threshold: float = 0.3, balance_abs: int = 64, balance_rel: float = 1.5) -> None:
+        self.cache_threshold, self.balance_abs, self.balance_rel = cache_threshold, balance_abs, balance_rel
+        self.trees: dict[str, RadixCache] = {}
+
+    def _tree(self, node: Node) -> RadixCache:
+        if node.name not in self.trees:
+            self.trees[node.name] = RadixCache()
+        return self.trees[node.name]
+
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node:
+        loads = [load(n) for n in nodes]
+        if max(loads) - min(loads) > self.balance_abs and max(loads) > self.balance_rel * min(loads):
+            node = _least_loaded(nodes, load)
+        else:
+            matches = [self._tree(n).match_prefix(ids).length for n in nodes]
+            best = max(range(len(nodes)), key=lambda i: (matches[i], -loads[i], -i))
+            if matches[best] > self.cache_threshold * len(ids):
+                node = nodes[best]
+            else:
+                node = min(nodes, key=lambda n: (self._tree(n).total_size, load(n)))
+        tree = self._tree(node)
+        tree.insert(ids)
+        if tree.total_size > node.cfg.pool_tokens:
+            tree.evict(tree.total_size - node.cfg.pool_tokens)
+        return node
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {"rr": RoundRobin, "cache": CacheAware, "sticky": Sticky}
+
+
+def make_policy(name: str) -> Policy:
+    if name not in POLICIES:
+        raise ConfigError(f"'{name}' is not a router policy; valid: {', '.join(POLICIES)}")
+    return POLICIES[name]()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Conditional disaggregation, decided per request where its decode engine is chosen.
+
+    - ``dynamo-v0`` (Dynamo 0.1's disagg router): REMOTE iff uncached > threshold (1000) and fewer than
+      ``max_queue`` (2) requests wait for a prefill engine;
+    - ``vllm-ppd``: LOCAL iff the append (uncached tokens) < threshold (512);
+    - ``llmd`` (llm-d's P/D profile handler): REMOTE iff non-cached tokens >= threshold (our default
+      1024; llm-d makes it a parameter). In this model it is vllm-ppd's rule with another threshold.
+    """
+
+    name: str
+    threshold: int
+    max_queue: int = 2
+
+    def local(self, uncached: int, prefill_queue: int) -> bool:
+        """True: prefill on the decode engine (LOCAL); False: on a prefill engine (REMOTE)."""
+        if self.name == "dynamo-v0":
+            return not (uncached > self.threshold and prefill_queue < self.max_queue)
+        return uncached < self.threshold
+
+
+RULES: dict[str, int] = {"dynamo-v0": 1000, "vllm-ppd": 512, "llmd": 1024}  # name -> default threshold
+
+
+def parse_rule(text: str) -> Rule:
+    """``NAME`` or ``NAME:THRESHOLD`` (tokens), e.g. ``vllm-ppd``, ``llmd:2048``."""
+    name, _, value = text.partition(":")
+    if name not in RULES:
+        raise ConfigError(f"'{name}' is not a conditional-disaggregation rule; valid: {', '.join(RULES)} "
+                          "(optionally NAME:THRESHOLD, e.g. llmd:2048)")
+    try:
+        threshold = int(value) if value else RULES[name]
+    except ValueError:
+        raise ConfigError(f"rule '{text}': THRESHOLD must be a whole number of tokens, e.g. {name}:1024") from None
+    if threshold < 0:
+        raise ConfigError(f"rule '{text}': THRESHOLD must be >= 0 tokens")
+    return Rule(name, threshold)

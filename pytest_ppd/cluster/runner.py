@@ -1,0 +1,144 @@
+"""Replay a trace on a deployment in virtual time: measure, nothing derived (metrics.py derives).
+
+    run = simulate(parse_deployment("2P6D", 8), generate(WORKLOADS["seed003"], requests=100, rate=8))
+    run.results[0].ttft_ns, run.span_ns, run.kv_bytes
+
+A single request or first turn is sent at its ``timestamp``; a later turn of a session is sent ``delay``
+ms after the previous turn's last token, with the conversation so far (previous input + the answer it
+got) then its new tokens, as a chat client does. Every request's token times come from the simulator.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pytest_ppd.cluster.deployments import DeploymentSpec, Hardware, build
+from pytest_ppd.cluster.routed import RoutedDeployment
+from pytest_ppd.cluster.trace import BlockTokens
+from pytest_ppd.cluster.workload import Trace
+from pytest_ppd.sim.nodes import Request
+
+MS = 1_000_000  # ns
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """One request as the client saw it (times in ns on the virtual clock)."""
+
+    index: int  # in the trace
+    session_id: str | None
+    prompt_tokens: int
+    expected_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    sent_ns: int
+    first_ns: int | None
+    last_ns: int | None
+    engine: str | None
+    prefill: str | None  # None: prefilled where it was decoded (aggregated, or LOCAL)
+    error: str | None = None
+
+    @property
+    def ttft_ns(self) -> int | None:
+        """TTFT = first token - sent."""
+        return None if self.first_ns is None else self.first_ns - self.sent_ns
+
+    @property
+    def e2e_ns(self) -> int | None:
+        """E2E = last token - sent."""
+        return None if self.last_ns is None else self.last_ns - self.sent_ns
+
+    @property
+    def itl_ns(self) -> float | None:
+        """Mean ITL (DistServe's TPOT) = (last token - first token) / (output tokens - 1); None for one token."""
+        if self.first_ns is None or self.last_ns is None or self.output_tokens < 2:
+            return None
+        return (self.last_ns - self.first_ns) / (self.output_tokens - 1)
+
+    @property
+    def ok(self) -> bool:
+        """Answered without error, with exactly the tokens asked for."""
+        return self.error is None and self.output_tokens == self.expected_tokens and self.last_ns is not None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One replay: every request's result plus what the deployment metered."""
+
+    deployment: str
+    gpus: int
+    workload: str
+    results: tuple[RequestResult, ...]
+    span_ns: int  # first send to last token
+    kv_bytes: int
+    busy_fraction: float
+    events: int
+    wall_s: float
+
+
+def _result(index: int, session: str | None, expected: int, h: Request) -> RequestResult:
+    return RequestResult(index, session, len(h.input_ids), expected, len(h.output_ids),
+                         int(h.meta_info.get("cached_tokens", 0)), h.sent_ns,
+                         h.token_ns[0] if h.token_ns else None, h.token_ns[-1] if h.token_ns else None,
+                         h.engine, h.prefill, h.error)
+
+
+def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Request | None]:
+    """Send the trace's requests into dep and run it dry; the handle of each request (None: never sent)."""
+    reqs = trace.requests
+    handles: list[Request | None] = [None] * len(reqs)
+    following: dict[int, int] = {}  # index -> the index of its session's next turn
+    previous: dict[int, int] = {}
+    last_of: dict[str, int] = {}
+    for i, req in enumerate(reqs):
+        if req.session_id is not None and req.session_id in last_of:
+            following[last_of[req.session_id]] = i
+            previous[i] = last_of[req.session_id]
+        if req.session_id is not None:
+            last_of[req.session_id] = i
+    index_of: dict[str, int] = {}
+
+    def send(i: int) -> None:
+        req = reqs[i]
+        before = handles[previous[i]] if i in previous else None
+        ids = (tokens.turn_ids(req, reqs[previous[i]], before.input_ids, before.output_ids) if before
+               else tokens.ids(req))
+        h = dep.submit_turn(ids, req.output_length, rid=f"r{i}", session=req.session_id)
+        handles[i], index_of[h.rid] = h, i
+        if h.done:  # refused at once: the session goes on, as a client's would
+            answered(h)
+
+    def answered(h: Request) -> None:
+        nxt = following.get(index_of[h.rid])
+        if nxt is not None:
+            assert h.done_ns is not None
+            at = max(h.done_ns + (reqs[nxt].delay_ms or 0) * MS, (reqs[nxt].timestamp_ms or 0) * MS)
+            dep.call_at(max(at, dep.now_ns), lambda: send(nxt))
+
+    dep.on_done = answered
+    for i, req in enumerate(reqs):
+        if i not in previous:
+            dep.call_at((req.timestamp_ms or 0) * MS, lambda i=i: send(i))  # type: ignore[misc]
+    dep.run()
+    return handles
+
+
+def simulate(spec: DeploymentSpec, trace: Trace, hw: Hardware | None = None, *, salt: int = 0) -> Run:
+    """Build the deployment, replay the trace on it, and collect every result."""
+    started = time.perf_counter()
+    dep = build(spec, hw or Hardware())
+    tokens = BlockTokens(dep.nodes[0].cfg.model.vocab_size, block_tokens=trace.block_tokens, salt=salt)
+    handles = replay(dep, trace, tokens)
+    results = []
+    for i, (req, h) in enumerate(zip(trace.requests, handles)):
+        if h is None:
+            results.append(RequestResult(i, req.session_id, req.input_length, req.output_length, 0, 0, 0,
+                                         None, None, None, None, "never sent: its session stopped before it"))
+        else:
+            results.append(_result(i, req.session_id, req.output_length, h))
+    sent = [r.sent_ns for r in results if r.error is None or r.last_ns is not None]
+    ends = [r.last_ns for r in results if r.last_ns is not None]
+    span = max(ends) - min(sent) if ends and sent else 0
+    return Run(spec.label, spec.gpus, trace.name, tuple(results), span, dep.kv_bytes,
+               dep.busy_fraction(span), dep.events, time.perf_counter() - started)

@@ -1,0 +1,138 @@
+"""Mooncake trace JSONL, read and written, and the exact token ids a trace's blocks stand for.
+
+One request a line: ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids`` (one id per
+512-token block; shared ids = shared prefix), as the Mooncake FAST'25 traces, AIPerf's
+``--custom-dataset-type mooncake_trace`` and Dynamo's replay read them. Multi-turn: AIPerf's extension,
+``session_id`` on every turn, ``timestamp`` on the first, ``delay`` (ms after the previous turn's answer)
+on the later ones.
+
+    write_trace(trace, "chat.jsonl"); read_trace("chat.jsonl") == trace
+    tokens = BlockTokens(vocab_size=128256); tokens.ids(trace.requests[0])   # exact input_ids
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pytest_ppd.cluster.workload import BLOCK_TOKENS, Trace, TraceRequest
+from pytest_ppd.errors import ConfigError
+
+_LOW = 1000  # clear of special ids, as the grid's workloads (client/workload.py)
+_FORMAT = "a Mooncake trace line is {\"timestamp\": ms, \"input_length\": n, \"output_length\": n, \"hash_ids\": [...]}"
+
+
+def to_json(req: TraceRequest) -> dict[str, Any]:
+    """The line's object: Mooncake's four keys, plus session_id / delay for multi-turn sessions."""
+    line: dict[str, Any] = {}
+    if req.timestamp_ms is not None:
+        line["timestamp"] = req.timestamp_ms
+    line.update(input_length=req.input_length, output_length=req.output_length, hash_ids=list(req.hash_ids))
+    if req.session_id is not None:
+        line["session_id"] = req.session_id
+    if req.delay_ms is not None:
+        line["delay"] = req.delay_ms
+    return line
+
+
+def write_trace(trace: Trace, path: str | Path) -> Path:
+    """Write the trace as Mooncake JSONL; the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(to_json(r)) + "\n" for r in trace.requests))
+    return path
+
+
+def _int(line: dict[str, Any], key: str, where: str, *, low: int, required: bool = True) -> int | None:
+    value = line.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{where}: '{key}' must be an integer >= {low}, got {value!r} ({_FORMAT})")
+    return value
+
+
+def from_json(line: Any, where: str, block_tokens: int = BLOCK_TOKENS) -> TraceRequest:
+    """One line's request, checked; ``where`` names the line in the error."""
+    if not isinstance(line, dict):
+        raise ConfigError(f"{where}: not a JSON object ({_FORMAT})")
+    length = _int(line, "input_length", where, low=1)
+    output = _int(line, "output_length", where, low=1)
+    assert length is not None and output is not None
+    ids = line.get("hash_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"{where}: 'hash_ids' must be a list of integers >= 0 ({_FORMAT})")
+    if len(ids) < -(-length // block_tokens):
+        raise ConfigError(f"{where}: {len(ids)} hash_ids cover {len(ids) * block_tokens} tokens, fewer than "
+                          f"input_length {length}; give one id per {block_tokens}-token block")
+    session = line.get("session_id")
+    return TraceRequest(length, output, tuple(ids), timestamp_ms=_int(line, "timestamp", where, low=0, required=False),
+                        session_id=None if session is None else str(session),
+                        delay_ms=_int(line, "delay", where, low=0, required=False))
+
+
+def read_trace(path: str | Path, *, name: str | None = None) -> Trace:
+    """A Mooncake JSONL trace; each turn of a session after its first needs no timestamp."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"trace {path} does not exist; write one with `ppd cluster --write-trace FILE`")
+    requests, seen = [], set()
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            line = json.loads(text)
+        except ValueError:
+            raise ConfigError(f"{where}: not JSON ({_FORMAT})") from None
+        req = from_json(line, where)
+        first = req.session_id is None or req.session_id not in seen
+        if first and req.timestamp_ms is None:
+            raise ConfigError(f"{where}: the first turn of a session (or a single request) needs a 'timestamp'")
+        seen.add(req.session_id)
+        requests.append(req)
+    if not requests:
+        raise ConfigError(f"trace {path} holds no requests")
+    return Trace(name or path.stem, tuple(requests))
+
+
+class BlockTokens:
+    """Token ids for hash ids: block ``h`` is the same 512 ids wherever it appears, so shared ids are a
+    shared prefix in the radix cache; ids are drawn in [1000, vocab - 1), seeded by (salt, h)."""
+
+    def __init__(self, vocab_size: int, *, block_tokens: int = BLOCK_TOKENS, salt: int = 0) -> None:
+        if vocab_size <= 2 * _LOW:
+            raise ConfigError(f"vocabulary of {vocab_size} ids is too small for trace blocks (> {2 * _LOW})")
+        self.vocab, self.block_tokens, self.salt = vocab_size, block_tokens, salt
+        self._blocks: dict[int, list[int]] = {}
+
+    def block(self, h: int) -> list[int]:
+        ids = self._blocks.get(h)
+        if ids is None:
+            rng = np.random.default_rng([self.salt, h])
+            ids = self._blocks[h] = rng.integers(_LOW, self.vocab - 1, self.block_tokens).tolist()
+        return ids
+
+    def ids(self, req: TraceRequest) -> list[int]:
+        """The request's exact input ids: its blocks, the last one cut to input_length."""
+        need = -(-req.input_length // self.block_tokens)
+        out: list[int] = []
+        for h in req.hash_ids[:need]:
+            out += self.block(h)
+        return out[: req.input_length]
+
+    def turn_ids(self, req: TraceRequest, before: TraceRequest, sent: Sequence[int],
+                 answer: Sequence[int]) -> list[int]:
+        """A later turn as a chat client sends it: what it sent last turn, the answer it got, then the new
+        tokens of the turn's own blocks. A turn whose blocks do not extend the previous turn's (or that is
+        too short to hold the conversation) is sent as its blocks say."""
+        ids = self.ids(req)
+        cut = len(sent) + len(answer)
+        if cut > len(ids) or req.hash_ids[: len(before.hash_ids)] != before.hash_ids:
+            return ids
+        return [*sent, *answer, *ids[cut:]]
