@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from pytest_ppd.analysis.interference import Interference, measure_from_stamps
-from pytest_ppd.client.runner import _round, _warm
+from pytest_ppd.client.runner import send_round, warm_contexts
 from pytest_ppd.client.stream import RequestResult, StreamClient, build_body
 from pytest_ppd.client.workload import Workload
 from pytest_ppd.errors import MeasurementError
@@ -27,12 +27,12 @@ async def measure_interference_async(url: str, wl: Workload, *, background: int 
                                      api_key: str | None = None, max_new: int = 400) -> tuple[Interference, float]:
     """(interference, append batch latency in ms); background streams must outlast the append."""
     async with StreamClient(url, api_key=api_key) as client:
-        await _warm(client, wl, wl.point)
+        await warm_contexts(client, wl, wl.point)
         holders = [RequestResult(sent_ns=0) for _ in range(background)]
         streams = [asyncio.ensure_future(_background(client, i, max_new, h)) for i, h in enumerate(holders)]
         await asyncio.sleep(settle_s)
         start = time.perf_counter_ns()
-        results = await _round(client, wl, wl.point, 0, 1)
+        results = await send_round(client, wl, wl.point, 0, 1)
         end = max(r.event_ns[0] if r.event_ns else time.perf_counter_ns() for r in results)
         await asyncio.sleep(settle_s / 2)
         for task in streams:

@@ -101,7 +101,7 @@ def _ms(ns: int | None) -> float | None:
     return None if ns is None else ns / 1e6
 
 
-async def _flush(client: StreamClient, urls: tuple[str, ...]) -> None:
+async def flush_caches(client: StreamClient, urls: tuple[str, ...]) -> None:
     for url in urls:
         for _ in range(FLUSH_RETRIES):
             # SGLang 0.5.23 waits up to `timeout` seconds for in-flight work (P/D transfer queues too) to drain
@@ -114,7 +114,7 @@ async def _flush(client: StreamClient, urls: tuple[str, ...]) -> None:
                                    "is another client using this server?")
 
 
-async def _warm(client: StreamClient, wl: Workload, point: GridPoint) -> None:
+async def warm_contexts(client: StreamClient, wl: Workload, point: GridPoint) -> None:
     if point.L == 0:
         return
     results = await asyncio.gather(*(client.send(build_body(f"[{wl.context_json(c)}]", 1))
@@ -124,7 +124,7 @@ async def _warm(client: StreamClient, wl: Workload, point: GridPoint) -> None:
         raise MeasurementError(f"warm-up of {point.id} failed: {failed[0][0]}: {failed[0][1]}")
 
 
-async def _round(client: StreamClient, wl: Workload, point: GridPoint, round_: int,
+async def send_round(client: StreamClient, wl: Workload, point: GridPoint, round_: int,
                  max_new: int) -> list[RequestResult]:
     bodies = [build_body(wl.prompt_json(c, round_), max_new) for c in range(point.bs)]
     gate = asyncio.Event()
@@ -211,15 +211,15 @@ class HttpDriver:
 
     async def flush(self) -> None:
         assert self._client is not None
-        await _flush(self._client, self.target.flush_urls)
+        await flush_caches(self._client, self.target.flush_urls)
 
     async def warm(self, wl: Workload, point: GridPoint) -> None:
         assert self._client is not None
-        await _warm(self._client, wl, point)
+        await warm_contexts(self._client, wl, point)
 
     async def round(self, wl: Workload, point: GridPoint, round_: int, max_new: int) -> list[RequestResult]:
         assert self._client is not None
-        return await _round(self._client, wl, point, round_, max_new)
+        return await send_round(self._client, wl, point, round_, max_new)
 
 
 class Driver(Protocol):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from pytest_ppd.client.runner import _flush
+from pytest_ppd.client.runner import flush_caches
 from pytest_ppd.client.stream import RequestResult, StreamClient, build_body
 from pytest_ppd.client.virtual import as_result
 from pytest_ppd.errors import ConfigError, MeasurementError
@@ -116,7 +116,7 @@ class HttpEngine:
         return self._runner.run(together())
 
     def flush(self) -> None:
-        self._runner.run(_flush(self._client, (self.url,)))
+        self._runner.run(flush_caches(self._client, (self.url,)))
 
     def reset(self) -> None:
         self.flush()
