@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pytest
 
 from pytest_ppd.client.runner import PointOutcome
+from pytest_ppd import shard
 from pytest_ppd.config import PATHS, build_config
 from pytest_ppd.errors import ConfigError, PpdError
 from pytest_ppd.grid import GRID_SYNTAX, GridPoint
@@ -53,6 +54,8 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("benchmark-json", "FILE", None, "also write the measured points in pytest-benchmark's JSON format"),
     ("transfer-backend", "NAME", "auto", "P/D KV transfer: auto (mooncake with an RDMA device, else mooncake_tcp), "
      "mooncake, mooncake_tcp, nixl"),
+    ("gpus-per-worker", "N", None, "with pytest-xdist (-n): GPUs each worker's servers get, from its worker "
+     "number (sglang backend)"),
     ("sim-args", "ARGS", None,
      "extra --sim-* flags for every sim engine, e.g. '--sim-fault=crash@5 --sim-slowdown=1.2'"),
 ]
@@ -85,7 +88,10 @@ def pytest_configure(config: pytest.Config) -> None:
         ppd_config = build_config(_raw_options(config))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[SESSION_KEY] = PpdSession(ppd_config)
+    try:
+        config.stash[SESSION_KEY] = shard.make_session(config, ppd_config, _raw_options(config).get("gpus_per_worker"))
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
     def term_as_interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # pytest runs no finalizers on SIGTERM; it does on Ctrl-C
@@ -109,6 +115,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     ppd = session.config.stash.get(SESSION_KEY, None)
     if ppd is not None:
         ppd.close()
+        if ppd.shard is not None:
+            return  # a worker's share: the controller merges and reports
+        if shard.merge_into(session.config, ppd):
+            ppd.note(f"{len(ppd.outcomes)} point-paths from the xdist workers merged into {ppd.store_path}")
         saved = ppd.save_baseline()
         if saved is not None:
             ppd.note(f"baseline written: {saved}")
@@ -117,7 +127,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
             written = write_benchmark_json(ppd.config.benchmark_json, ppd.outcomes, {"backend": ppd.config.backend})
             ppd.note(f"pytest-benchmark JSON: {written}")
-        if ppd.outcomes and ppd.config.backend != "replay" and ppd.has_store:
+        if ppd.outcomes and ppd.config.backend != "replay" and ppd.store_path is not None:
             from pytest_ppd.report.files import build_report
 
             try:

@@ -110,9 +110,10 @@ class StoredRecords:
 class RecordStore:
     """Append-only JSONL file of one results directory."""
 
-    def __init__(self, results_dir: Path, *, run_id: str, config_hash: str, resume: bool = False) -> None:
+    def __init__(self, results_dir: Path, *, run_id: str, config_hash: str, resume: bool = False,
+                 filename: str = RECORDS_FILE) -> None:
         self.dir = Path(results_dir)
-        self.path = self.dir / RECORDS_FILE
+        self.path = self.dir / filename  # a sharded run's worker writes its own file (shard.py)
         self.run_id, self.config_hash = run_id, config_hash
         self._check_dir()
         self.existing = StoredRecords(None, [], [])

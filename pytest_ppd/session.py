@@ -16,8 +16,9 @@ from pytest_ppd.client.runner import PointOutcome, Settings, Target, measure_poi
 from pytest_ppd.config import PpdConfig
 from pytest_ppd.errors import Infeasible
 from pytest_ppd.grid import GridPoint
-from pytest_ppd.records import RecordStore
+from pytest_ppd.records import RecordStore, StoredRecords
 from pytest_ppd.replay import Replay
+from pytest_ppd.shard import INFEASIBLE, Shard
 from pytest_ppd.targets import Targets, versions
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class PpdSession:
     _baseline: dict[str, Any] | None = None
     _study_n: int = 0
     _infeasible: dict[tuple[GridPoint, str], Infeasible] = field(default_factory=dict)  # decided once per point
+    shard: Shard | None = None  # an xdist worker's share of a sharded run (shard.py)
+    _merged: Path | None = None  # the xdist controller: the records file the workers' shares were merged into
 
     def __post_init__(self) -> None:
         self.targets = Targets(self.config, lambda: self.results_dir, self.notes)
@@ -51,6 +54,21 @@ class PpdSession:
         return self._store is not None
 
     @property
+    def store_path(self) -> Path | None:
+        """The run's records file: this process's store, or the one a sharded run merged into."""
+        return self._store.path if self._store is not None else self._merged
+
+    def adopt(self, stored: StoredRecords, path: Path) -> None:
+        """Take a merged sharded run's rounds as this session's outcomes (the controller reports them)."""
+        rows: dict[tuple[int, int, int, str], list[dict]] = {}
+        for r in stored.rounds:
+            rows.setdefault((int(r["bs"]), int(r["L"]), int(r["m"]), str(r["path"])), []).append(r)
+        self.outcomes = [PointOutcome.of(GridPoint(bs, L, m), path_, rounds)
+                         for (bs, L, m, path_), rounds in rows.items()]
+        self._merged = path
+        self.analysis()
+
+    @property
     def results_dir(self) -> Path:
         if self._results_dir is None:
             self._results_dir = self.config.results_dir()
@@ -59,8 +77,11 @@ class PpdSession:
     @property
     def store(self) -> RecordStore:
         if self._store is None:
-            self._store = RecordStore(self.results_dir, run_id=self.run_id,
-                                      config_hash=self.config.config_hash, resume=self.config.resume)
+            if self.shard is not None:
+                self._store = self.shard.store(self.run_id, self.config.config_hash, self.config.resume)
+            else:
+                self._store = RecordStore(self.results_dir, run_id=self.run_id,
+                                          config_hash=self.config.config_hash, resume=self.config.resume)
         return self._store
 
     def versions(self) -> dict[str, str]:
@@ -172,7 +193,7 @@ class PpdSession:
 
         return RunSummary(tuple(self.outcomes), tuple(self.infeasible), tuple(self.notes),
                           self.analysis() if self.has_study else None,
-                          self.store.path if self._store is not None else None)
+                          self.store_path)
 
     def note(self, line: str) -> None:
         """A line for the end-of-run summary (suites report derived results this way)."""
@@ -189,11 +210,31 @@ class PpdSession:
             raise self._infeasible[key]  # decided once: asking again must not restart a topology
         if key not in self._measured:
             try:
-                self._measured[key] = self._measure(point, path, suite)
+                self._measured[key] = self._shared(point, path, suite) if self.shard else self._measure(
+                    point, path, suite)
             except Infeasible as exc:
                 self._infeasible[key] = exc
                 raise
         return self._measured[key]
+
+    def _shared(self, point: GridPoint, path: str, suite: str) -> PointOutcome:
+        """A sharded run: measure what this worker claims; wait for and read what another worker claimed."""
+        assert self.shard is not None
+        key = f"{point.id}-{path}"
+        if not self.shard.claim(key):
+            rounds, reason = self.shard.wait(point.bs, point.L, point.m, path, key, self.config.timeout_s * 4)
+            if reason is None:
+                outcome = PointOutcome.of(point, path, rounds)
+                self.outcomes.append(outcome)
+                return outcome
+            if reason != "claimed":
+                raise Infeasible(reason)
+        try:
+            return self._measure(point, path, suite)
+        except Infeasible as exc:  # say so in the records, for the workers waiting on this point
+            self.store.append_json(INFEASIBLE, {"bs": point.bs, "L": point.L, "m": point.m, "path": path,
+                                                "reason": str(exc)})
+            raise
 
     def _measure(self, point: GridPoint, path: str, suite: str) -> PointOutcome:
         if self.config.backend == "replay":

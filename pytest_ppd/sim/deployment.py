@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, resolve
 from pytest_ppd.sim.engine import Batch, SimRequest
-from pytest_ppd.sim.nodes import NS, Node, Request, node_for, to_ns
+from pytest_ppd.sim.nodes import NS, Node, Request, node_for, refusal, to_ns
 
 __all__ = ["NS", "Deployment", "Node", "Request", "to_ns"]
 
 # Event kinds, in the order they happen when due at the same instant.
 _ADD, _KV_READY, _STEP_DONE, _CALL = 0, 1, 2, 3
+_PLACE = operator.attrgetter("index")
 
 
 @dataclass(eq=False)
@@ -73,12 +75,15 @@ class Deployment:
             if wrong:
                 raise ConfigError(f"{wrong[0]}: its argv sets --disaggregation-mode for another role than {role}")
         self.nodes = self.colocated + self.prefill + self.decode
+        for i, node in enumerate(self.nodes):
+            node.index = i
         self.now_ns = 0
         self.events = 0  # processed, for events-per-second benchmarks
         self._heap: list[tuple[int, int, int, Any]] = []
         self._seq = itertools.count()
         self._rr = {"colocated": itertools.count(), "prefill": itertools.count(), "decode": itertools.count()}
         self._flights: dict[int, _Flight] = {}  # id(SimRequest) -> flight
+        self._woken: set[Node] = set()  # engines whose queues or batches changed since they last scheduled
         self._rids = itertools.count()
 
     @classmethod
@@ -125,7 +130,7 @@ class Deployment:
         handle = Request(rid or f"v{next(self._rids)}", list(input_ids), max_new_tokens, at)
         serving, prefill = self.route(handle)
         handle.engine, handle.prefill = serving.name, prefill.name if prefill else None
-        problem = self._refusal(handle, prefill or serving, check_ids)
+        problem = refusal(handle, prefill or serving, check_ids)
         if problem:
             handle.error, handle.done_ns = problem, at
             return handle
@@ -146,26 +151,6 @@ class Deployment:
             self._push(at + serving.overhead_ns, _ADD, (serving, flight.sim))
         return handle
 
-    @staticmethod
-    def _refusal(handle: Request, node: Node, check_ids: bool) -> str | None:
-        """SGLang's 400s for a request that can never run (what the served sim answers)."""
-        n = len(handle.input_ids)
-        if n == 0:
-            return "ValueError: input_ids is empty"
-        if handle.max_new_tokens < 0:
-            return "ValueError: max_new_tokens must be at least 0"
-        if n + handle.max_new_tokens > node.cfg.context_length:
-            return (f"ValueError: the input ({n} tokens) plus max_new_tokens is longer than the model's "
-                    f"context length ({node.cfg.context_length} tokens)")
-        if n >= node.cfg.resolved.max_req_input_len:
-            return (f"ValueError: Input length ({n} tokens) exceeds the maximum allowed length "
-                    f"({node.cfg.resolved.max_req_input_len} tokens)")
-        vocab = node.cfg.model.vocab_size
-        if check_ids and (min(handle.input_ids) < 0 or max(handle.input_ids) >= vocab):
-            bad = next(t for t in handle.input_ids if not 0 <= t < vocab)
-            return f"ValueError: token id {bad} is outside the vocabulary (0..{vocab - 1})"
-        return None
-
     def route(self, handle: Request) -> tuple[Node, Node | None]:
         """(serving engine, prefill engine or None): round robin; cluster/routed.py overrides it."""
         group = self.colocated or self.decode
@@ -179,8 +164,10 @@ class Deployment:
                 del self._flights[key]
                 if flight.prefill is not None and flight.p_sim is not None:
                     flight.prefill.engine.abort(flight.p_sim)
+                    self._woken.add(flight.prefill)
                 if flight.sim is not None:
                     flight.serving.engine.abort(flight.sim)
+                    self._woken.add(flight.serving)
         if handle.done_ns is None:
             handle.done_ns, handle.error = self.now_ns, "aborted by the client"
 
@@ -208,13 +195,17 @@ class Deployment:
                     if id(req) in self._flights:
                         self._flights[id(req)].added_ns = when
                         node.engine.add(req)
+                        self._woken.add(node)
                 elif kind == _KV_READY:
                     self._kv_event(*payload)
                 elif kind == _STEP_DONE:
                     self._step_done(*payload)
                 else:
                     payload()
-            for node in self.nodes:
+            # Only engines this instant touched can have a batch to start: an engine left idle or busy by
+            # every event is where the last look left it (its queues, batch and pool are unchanged).
+            woken, self._woken = sorted(self._woken, key=_PLACE), set()
+            for node in woken:
                 self._kick(node)
         if until_ns is not None and until_ns > self.now_ns:
             self.now_ns = until_ns
@@ -238,6 +229,7 @@ class Deployment:
 
     def _step_done(self, node: Node, batch: Batch) -> None:
         node.busy = False
+        self._woken.add(node)
         for event in node.engine.complete(batch, self.now_ns / NS):
             flight = self._flights.get(id(event.req))
             if flight is None:
@@ -261,6 +253,7 @@ class Deployment:
             self._flights[id(flight.sim)] = flight
             flight.added_ns = self.now_ns
             flight.serving.engine.add(flight.sim)
+            self._woken.add(flight.serving)
             return
         if flight.decode_ready_ns is None or flight.prefill_done_ns is None or flight.handle.done:
             return

@@ -57,6 +57,7 @@ class Node:
     overhead_ns: int
     bootstrap_ns: int = 0
     busy: bool = False
+    index: int = 0  # its place in Deployment.nodes: engines an instant woke are scheduled in this order
     link_free_ns: int = 0
     steps: int = 0
     busy_ns: int = 0  # the sum of its step times
@@ -71,6 +72,26 @@ class Node:
         self.kv_tokens_in += tokens
         self.link_free_ns = max(now_ns, self.link_free_ns) + self.transfer_ns(tokens)
         return self.link_free_ns
+
+
+def refusal(handle: Request, node: Node, check_ids: bool) -> str | None:
+    """SGLang's 400s for a request that can never run on node (what the served sim answers); None: it can."""
+    n = len(handle.input_ids)
+    if n == 0:
+        return "ValueError: input_ids is empty"
+    if handle.max_new_tokens < 0:
+        return "ValueError: max_new_tokens must be at least 0"
+    if n + handle.max_new_tokens > node.cfg.context_length:
+        return (f"ValueError: the input ({n} tokens) plus max_new_tokens is longer than the model's "
+                f"context length ({node.cfg.context_length} tokens)")
+    if n >= node.cfg.resolved.max_req_input_len:
+        return (f"ValueError: Input length ({n} tokens) exceeds the maximum allowed length "
+                f"({node.cfg.resolved.max_req_input_len} tokens)")
+    vocab = node.cfg.model.vocab_size
+    if check_ids and (min(handle.input_ids) < 0 or max(handle.input_ids) >= vocab):
+        bad = next(t for t in handle.input_ids if not 0 <= t < vocab)
+        return f"ValueError: token id {bad} is outside the vocabulary (0..{vocab - 1})"
+    return None
 
 
 def node_for(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:
