@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from pytest_ppd.analysis.regime import COMPUTE_FROM, OVERHEAD_BELOW, REGIME_MARG
 from pytest_ppd.analysis.policies import clearly_faster
 from pytest_ppd.analysis.stats import one_sided_p
 from pytest_ppd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pytest_ppd.records import RoundLike
 
 SCHEMA = 1
 DEFAULT_TOLERANCE = 0.10
@@ -67,7 +70,7 @@ def build(study: Any, outcomes: Iterable[Any], identity: dict[str, Any],
           tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
     points = {}
     for o in outcomes:
-        samples = [r["batch_latency_ms"] for r in o.valid]
+        samples = [r.batch_latency_ms for r in o.valid if r.batch_latency_ms is not None]
         if not samples or o.summary is None:
             continue
         s = o.summary
@@ -186,7 +189,7 @@ def compare_study(baseline: dict[str, Any], study: Any, exponent_tolerance: floa
     return out
 
 
-def compare_run(baseline: dict[str, Any], rounds: Iterable[dict[str, Any]], study: Any = None,
+def compare_run(baseline: dict[str, Any], rounds: Iterable[RoundLike], study: Any = None,
                 gate: Any = None) -> list[Finding]:
     """The regression gate: every point of these rounds against the baseline (its valid rounds' batch
     latencies, at the tolerance the gate settings give it), then, with a study, flipped regimes and routes

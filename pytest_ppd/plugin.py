@@ -212,7 +212,7 @@ def ppd_measure(request: pytest.FixtureRequest, ppd_session: PpdSession) -> Call
         _gate_against_baseline(request, ppd_session, point, path, outcome)
         need = ppd_session.config.reps
         if len(outcome.valid) < need:
-            reasons = sorted({r for rec in outcome.records for r in rec["invalid_reasons"]})
+            reasons = sorted({r for rec in outcome.records for r in rec.invalid_reasons})
             shown = "\n  ".join(reasons[:8])
             pytest.fail(f"{point.id}-{path}: {len(outcome.valid)} of {len(outcome.records)} rounds valid, "
                         f"--ppd-reps needs {need}; invalid because:\n  {shown}", pytrace=False)

@@ -74,11 +74,29 @@ class Record:
             raise ConfigError(f"a stored round lacks {', '.join(missing)}; it was not written by pytest-ppd")
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    # Read access by key, for suites written against the dict records of earlier versions
+    # (``outcome.records[0]["floor_ms"]``); new code reads attributes.
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _FIELDS
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _FIELDS else default
+
     def to_json(self) -> str:
         data = asdict(self)
         if data["prefill_gpu"] is None:
             del data["prefill_gpu"]
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+_FIELDS = frozenset(f.name for f in fields(Record))
+# A round as the analysis reads it: a Record, or a round of a records.jsonl as parsed JSON.
+RoundLike = Record | dict[str, Any]
 
 
 class DerivedRates(TypedDict):

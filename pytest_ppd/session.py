@@ -16,7 +16,7 @@ from pytest_ppd.client.runner import PointOutcome, Settings, Target, measure_poi
 from pytest_ppd.config import PpdConfig
 from pytest_ppd.errors import Infeasible
 from pytest_ppd.grid import GridPoint
-from pytest_ppd.records import RecordStore, StoredRecords
+from pytest_ppd.records import Record, RecordStore, StoredRecords
 from pytest_ppd.replay import Replay
 from pytest_ppd.shard import INFEASIBLE, Shard
 from pytest_ppd.targets import Targets, versions
@@ -115,7 +115,7 @@ class PpdSession:
     def has_study(self) -> bool:
         return self._study is not None
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[Record]:
         return [r for o in self.outcomes for r in o.records]
 
     def study(self) -> "Study":

@@ -74,3 +74,19 @@ def test_a_stored_round_reads_back_as_the_same_record(tmp_path):
     assert Record.from_json({**stored, "added_by_a_later_version": 1}) == record
     with pytest.raises(ConfigError, match="lacks bs"):
         Record.from_json({k: v for k, v in stored.items() if k != "bs"})
+
+
+def test_a_point_outcome_holds_typed_records_that_old_suites_can_still_index():
+    """PointOutcome.records are Records, built from stored JSON rounds by its one constructor; suites written
+    for dict records (outcome.records[0]["floor_ms"]) keep working, read-only."""
+    from pytest_ppd.client.runner import PointOutcome
+    from pytest_ppd.grid import GridPoint
+
+    rec = _record()
+    outcome = PointOutcome.of(GridPoint(rec.bs, rec.L, rec.m), rec.path, [json.loads(rec.to_json()), rec])
+    assert all(isinstance(r, Record) for r in outcome.records) and outcome.records[0] == rec
+    assert rec["floor_ms"] == rec.floor_ms and "floor_ms" in rec and rec.get("nope", 7) == 7
+    with pytest.raises(KeyError):
+        rec["nope"]
+    with pytest.raises(TypeError):
+        rec["floor_ms"] = 1.0  # type: ignore[index]

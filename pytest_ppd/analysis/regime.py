@@ -14,10 +14,13 @@ ratio T(m_max) / T(m_min).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from pytest_ppd.records import RoundLike
 
 OVERHEAD_BELOW = 0.25
 COMPUTE_FROM = 0.75
@@ -38,7 +41,7 @@ def classify(elasticity: float) -> str:
     return "transition"
 
 
-def rounds_frame(records: Iterable[dict[str, Any]], valid_only: bool = True) -> pd.DataFrame:
+def rounds_frame(records: Iterable[RoundLike], valid_only: bool = True) -> pd.DataFrame:
     """Records (dicts of records.jsonl) as a DataFrame, one row per round."""
     cols = ["path", "bs", "L", "m", "round", "batch_latency_ms", "floor_ms", "valid", "backend", "model", "gpu"]
     rows = [{k: r.get(k) for k in cols} for r in records if r.get("kind", "round") == "round"]

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
 
@@ -18,6 +18,9 @@ from pytest_ppd.analysis.regime import regime_table, rounds_frame
 from pytest_ppd.analysis.policies import compare_policies, truth_table
 from pytest_ppd.analysis.routing import RouterParams
 from pytest_ppd.analysis.scaling import fit_exponent
+
+if TYPE_CHECKING:
+    from pytest_ppd.records import RoundLike
 
 
 @dataclass
@@ -42,7 +45,7 @@ def exponent_table(rounds: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def analyze(records: Iterable[dict[str, Any]], model: Any, gpu: Any, params: RouterParams | None = None) -> Study:
+def analyze(records: Iterable[RoundLike], model: Any, gpu: Any, params: RouterParams | None = None) -> Study:
     """`gpu` is D's; P's (heterogeneous P/D) comes from the REMOTE records' prefill_gpu."""
     records = list(records)
     prefill_gpus = {r["prefill_gpu"] for r in records if r.get("prefill_gpu")}

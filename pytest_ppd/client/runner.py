@@ -9,10 +9,9 @@ appends concurrently behind a start barrier, each with m fresh tokens,
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from pytest_ppd.roofline import floor_ms
 from pytest_ppd.analysis.stats import Summary, summarize
@@ -79,22 +78,24 @@ class Settings:
 class PointOutcome:
     point: GridPoint
     path: str
-    records: list[dict[str, Any]]
+    records: list[Record]
     summary: Summary | None
 
     @classmethod
-    def of(cls, point: GridPoint, path: str, records: list[dict[str, Any]]) -> "PointOutcome":
-        """The outcome of these rounds: the summary of the valid ones' batch latencies."""
-        valid = [r["batch_latency_ms"] for r in records if r["valid"]]
-        return cls(point, path, records, summarize(valid) if valid else None)
+    def of(cls, point: GridPoint, path: str, records: Sequence[Record | dict[str, Any]]) -> "PointOutcome":
+        """The one constructor: these rounds (Records, or stored JSON rounds) and the summary of the valid
+        ones' batch latencies."""
+        typed = [r if isinstance(r, Record) else Record.from_json(r) for r in records]
+        valid = [r.batch_latency_ms for r in typed if r.valid and r.batch_latency_ms is not None]
+        return cls(point, path, typed, summarize(valid) if valid else None)
 
     @property
-    def valid(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["valid"]]
+    def valid(self) -> list[Record]:
+        return [r for r in self.records if r.valid]
 
     @property
-    def invalid(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if not r["valid"]]
+    def invalid(self) -> list[Record]:
+        return [r for r in self.records if not r.valid]
 
 
 def _ms(ns: int | None) -> float | None:
@@ -238,24 +239,25 @@ async def measure_point_async(target: Target, point: GridPoint, settings: Settin
     """flush=False keeps the cache of the previous point of the same (BS, L), whose contexts are these;
     slot (the point's index in its row) keeps its appends' first ids apart from the other points'.
     driver: how requests reach the servers (default: HTTP to target.url)."""
-    previous = store.rounds_for(point.bs, point.L, point.m, target.path)
-    records: list[dict[str, Any]] = list(previous)
+    previous = [Record.from_json(r) for r in store.rounds_for(point.bs, point.L, point.m, target.path)]
+    records: list[Record] = list(previous)
     wl = Workload(point, settings.model.vocab_size, settings.seed, target.path, slot=slot,
                   rounds_cap=settings.max_reps)
     async with driver or HttpDriver(target, settings.timeout_s) as drv:
         if flush:
             await drv.flush()
         await drv.warm(wl, point)  # a no-op prefill of 1 token when the context is cached
-        round_ = max((r["round"] for r in previous), default=-1) + 1
+        round_ = max((r.round for r in previous), default=-1) + 1
         pressure = _under_pressure(point, target.pool_tokens)
-        while not _enough([r["batch_latency_ms"] for r in records if r["valid"]], len(records), settings):
+        while not _enough([r.batch_latency_ms for r in records if r.valid and r.batch_latency_ms is not None],
+                          len(records), settings):
             if pressure and round_ > 0:
                 await drv.warm(wl, point)  # see _under_pressure
             started = time.time()
             results = await drv.round(wl, point, round_, settings.max_new_tokens)
             record = _record(results, point, round_, target, settings, started)
             store.append(record)
-            records.append(json.loads(record.to_json()))
+            records.append(record)
             round_ += 1
     store.mark_done(point.bs, point.L, point.m, target.path, len(records))
     return PointOutcome.of(point, target.path, records)

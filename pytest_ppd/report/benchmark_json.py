@@ -31,7 +31,7 @@ def benchmark_document(outcomes: Iterable[Any], suite: str = "suites/test_append
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
     benchmarks = []
     for o in sorted(outcomes, key=lambda o: (o.point, o.path)):
-        samples = [r["batch_latency_ms"] / 1e3 for r in o.valid]
+        samples = [r.batch_latency_ms / 1e3 for r in o.valid if r.batch_latency_ms is not None]
         if not samples:
             continue
         stats = Stats()
@@ -42,7 +42,7 @@ def benchmark_document(outcomes: Iterable[Any], suite: str = "suites/test_append
             "group": f"L{o.point.L}-{o.path}", "name": name, "fullname": f"{suite}::{name}",
             "params": {"bs": o.point.bs, "L": o.point.L, "m": o.point.m, "path": o.path},
             "param": f"{o.point.id}-{o.path}",
-            "extra_info": {"floor_s": o.records[0]["floor_ms"] / 1e3, "invalid_rounds": len(o.invalid),
+            "extra_info": {"floor_s": o.records[0].floor_ms / 1e3, "invalid_rounds": len(o.invalid),
                            **(extra or {})},
             "options": {"disable_gc": False, "timer": "perf_counter (client, TTFT of the batch)", "min_rounds": 1,
                         "max_time": 0, "min_time": 0, "warmup": False},

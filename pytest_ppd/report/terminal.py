@@ -36,7 +36,7 @@ def write_summary(tr: Any, session: RunSummary) -> None:
                       f"{'p10':>9} {'p90':>9} {'CI ±%':>6} {'floor ms':>9}")
         for o in rows:
             s = o.summary
-            floor = o.records[0]["floor_ms"] if o.records else None
+            floor = o.records[0].floor_ms if o.records else None
             ci = f"{s.ci_rel_width * 50:6.1f}" if s else "     -"
             tr.write_line(f"{o.point.id:<22} {o.path:<6} {len(o.valid):>5} {len(o.invalid):>7} "
                           f"{_fmt(s.median if s else None)} {_fmt(s.p10 if s else None)} "
