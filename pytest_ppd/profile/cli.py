@@ -68,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-total-tokens", type=count, default=None, metavar="N",
                         help="SGLang's --max-total-tokens: a smaller KV pool (default: SGLang's for the GPU)")
     parser.add_argument("--sim-profile", default=None, metavar="PROFILE",
-                        help="the simulated engine's cost profile: a JSON from ppd calibrate, or dynamo:DIR to "
-                             "interpolate a measured profile (default: built-in)")
+                        help="the simulated engine's cost profile: a JSON from ppd calibrate, dynamo:DIR to "
+                             "interpolate a measured profile, or aic:SYSTEM:BACKEND for AIConfigurator's tables "
+                             "(default: built-in)")
     parser.add_argument("--plan", type=_arg(Target.parse), action="append", default=[], metavar="SPEC",
                         help="replica counts for an SLA and load, Dynamo's and cache-aware, e.g. "
                              "ttft=300,itl=25,rate=20,isl=8000,osl=300,cached=0.8 (repeatable)")

@@ -19,6 +19,7 @@ from pytest_ppd.specs import (DEFAULT_GPU, DEFAULT_LINK, GpuSpec, LinkSpec, Mode
 
 DISAGG_MODES = ("null", "prefill", "decode")
 TABLE_PREFIX = "dynamo:"  # --sim-profile dynamo:DIR (sim/tablecost.py)
+AIC_PREFIX = "aic:"  # --sim-profile aic:SYSTEM:BACKEND (sim/aiccost.py, the [aic] extra)
 TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori", "mooncake_tcp")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "npcache", "dummy", "sharded_state", "gguf",
                 "bitsandbytes", "layered", "remote", "remote_instance", "fastsafetensors",
@@ -68,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim-gpu", default=DEFAULT_GPU, help=f"GPU to simulate (default: {DEFAULT_GPU})")
     sim.add_argument("--sim-link", default=DEFAULT_LINK, help=f"P/D KV-transfer link (default: {DEFAULT_LINK})")
     sim.add_argument("--sim-profile", default=None,
-                     help="cost profile JSON, or dynamo:DIR to interpolate step times from a profile written by "
-                          "ppd profile or Dynamo's profiler (default: built-in)")
+                     help="cost profile JSON, dynamo:DIR to interpolate step times from a profile written by "
+                          "ppd profile or Dynamo's profiler, or aic:[SYSTEM[:BACKEND[@VERSION]]] for the GPU time "
+                          "of AIConfigurator's measured per-operator tables (the [aic] extra), e.g. aic:auto:sglang "
+                          "(default: built-in)")
     sim.add_argument("--sim-slowdown", type=float, default=1.0,
                      help="multiply every step time by this factor >= 1 (default: 1.0)")
     sim.add_argument("--sim-slow-prompt", action="append", default=[], metavar="LEN:FACTOR",
@@ -125,6 +128,10 @@ def resolve(argv: list[str] | None = None, memory: tuple[float, float] | None = 
         raise ConfigError(f"--mem-fraction-static must be in (0, 1), got {args.mem_fraction_static}")
     if args.sim_slowdown < 1.0:
         raise ConfigError(f"--sim-slowdown must be >= 1.0, got {args.sim_slowdown}")
+    if (args.sim_profile or "").startswith(AIC_PREFIX):  # the spec and its GPU, before anything loads
+        from pytest_ppd.sim.aiccost import parse_spec, system_for
+
+        system_for(gpu, parse_spec(args.sim_profile)[0])
     d = server_defaults(
         model, gpu, args.disaggregation_mode, args.tp_size, mem_fraction=args.mem_fraction_static,
         chunked_prefill_size=args.chunked_prefill_size, page_size=args.page_size,
@@ -164,7 +171,7 @@ def resolve(argv: list[str] | None = None, memory: tuple[float, float] | None = 
 
 def profile_for(args: argparse.Namespace) -> CostProfile:
     """--sim-profile (default: built-in) with --sim-slowdown applied."""
-    table = args.sim_profile and args.sim_profile.startswith(TABLE_PREFIX)
+    table = args.sim_profile and args.sim_profile.startswith((TABLE_PREFIX, AIC_PREFIX))
     profile = CostProfile.load(args.sim_profile) if args.sim_profile and not table else CostProfile()
     if args.sim_slowdown != 1.0:
         profile = replace(profile, slowdown=args.sim_slowdown)
@@ -181,6 +188,10 @@ def engine_for(cfg: SimConfig, profile: CostProfile) -> Engine:
 
         cost: CostModel = TableCostModel(cfg.model, cfg.gpu, source[len(TABLE_PREFIX):], profile,
                                          cfg.args.tp_size, backend)
+    elif source.startswith(AIC_PREFIX):  # GPU time from AIConfigurator's measured per-operator tables
+        from pytest_ppd.sim.aiccost import AicCostModel, parse_spec
+
+        cost = AicCostModel(cfg.model, cfg.gpu, *parse_spec(source), profile, cfg.args.tp_size, backend)
     else:
         cost = CostModel(cfg.model, cfg.gpu, profile, tp_size=cfg.args.tp_size, attention_backend=backend)
     return Engine(cost, cfg.pool_tokens,
