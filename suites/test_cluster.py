@@ -1,14 +1,23 @@
-"""Cluster studies in virtual time (issue 14, first slice): invariants of N-GPU deployments on the simulator.
+"""Cluster studies in virtual time (issue 14): invariants of N-GPU deployments and P:D strategies.
 
 Seed 003's scales (100 requests on 8 GPUs, 200 on 16, 500 on 32), its workload (prompts log-normal with
 mean ~400, outputs ~150) and the variants that stress what seed 003 never modelled: multi-turn sessions
-that append to cached context, and prompt/output mixes far from 400/150. Every run is deterministic;
-the whole file takes seconds.
+that append to cached context, and prompt/output mixes far from 400/150. The strategy comparison (static,
+online adaptive, Dynamo's SLA planner, offline batched, against seed 003's baseline) asserts the bounds of
+``expectations/cluster-<gpu>-<model>.toml`` and writes its report to ``<results>/cluster/``. Every run is
+deterministic.
 """
+
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from pytest_ppd.cluster import Slo, StaticBest, Study, generate, parse_deployment, simulate, summarize, workload_spec
+from pytest_ppd.cluster.compare import COMPARED, ONLINE, SETUPS, Comparison, compare, write_report
+from pytest_ppd.cluster.deployments import Hardware
+from pytest_ppd.cluster.elastic import Resplit
+from pytest_ppd.cluster.planners import ProfileModel
 from pytest_ppd.cluster.runner import Run
 
 SCALES = {8: 100, 16: 200, 32: 500}  # GPUs -> requests (seed 003's small, medium and large)
@@ -108,3 +117,53 @@ def test_conditional_disaggregation_moves_less_kv_than_static_on_multiturn():
     for kind in ("cond-vllm-ppd", "cond-dynamo-v0"):
         s = summarize(runs[kind], SLO)
         assert runs[kind].kv_bytes < 0.5 * static and s.local_fraction > 0.5, kind
+
+
+# -- seed 003's claims: the strategies compared ------------------------------------------------------------
+EXPECT = tomllib.loads((Path(__file__).parent / "expectations" / "cluster-H100-SXM-Llama-3.1-8B.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def planner_profile(tmp_path_factory) -> Path:
+    """The engine's profile for the planners, measured once in virtual time (ppd profile, a 16k context)."""
+    directory = tmp_path_factory.mktemp("profile")
+    ProfileModel.of(Hardware(), directory)
+    return directory
+
+
+def _compare(setup: str, profile: Path) -> Comparison:
+    gpus, requests = SETUPS[setup]
+    load = EXPECT["load"]
+    study = Study(gpus, Slo(**EXPECT["slo"]), interval_s=load["interval_s"],
+                  resplit=Resplit(load["drain_s"], load["startup_s"]))
+    seeds = load["seeds"] if gpus <= 8 else load["seeds_large"]
+    workload = workload_spec("seed003", requests=requests, rate=load["requests_per_gpu_s"] * gpus)
+    return compare(setup, workload, study, seeds, profile=profile)
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_seed003_strategies_compared(setup, planner_profile, ppd_session):
+    """Seed 003's setup at its workload: every strategy meets the SLOs; offline batched (the hindsight
+    bound) is at least every online strategy's goodput; the adaptive planner is never worse than the worse
+    extreme split by more than the capacity its re-splits took out; and no strategy comes near seed 003's
+    "99% P99 latency reduction" or "84% throughput improvement" over the baseline."""
+    cmp = _compare(setup, planner_profile)
+    write_report([cmp], ppd_session.results_dir / "cluster", suffix=f"-{setup}")
+    print("\n".join(cmp.table()))
+    inv, claims = EXPECT["invariants"], EXPECT["claims"]
+    for name in COMPARED:
+        for o in cmp.reports[name].outcomes:
+            assert o.summary.completed == o.summary.requests, (name, o.chosen)
+    for rule in EXPECT["meets_slo"]:
+        for name in rule["strategies"]:
+            assert cmp.ci(name, "slo_attainment")[0] >= rule["attainment_at_least"], name
+    offline, slack = cmp.reports["offline"].outcomes, 1 - inv["offline_goodput_tolerance"]
+    for name in ONLINE:
+        for k, (bound, o) in enumerate(zip(offline, cmp.reports[name].outcomes)):
+            assert bound.summary.goodput_per_gpu >= o.summary.goodput_per_gpu * slack, (name, k, bound.chosen, o.chosen)
+    for k, (o, extremes) in enumerate(zip(cmp.reports["adaptive"].outcomes, cmp.extremes)):
+        floor = min(extremes) * (1 - cmp.resplit_fraction("adaptive", k)) * (1 - inv["adaptive_tolerance"])
+        assert o.summary.goodput_per_gpu >= floor, (k, o.chosen, extremes)
+    for name in COMPARED:
+        assert -cmp.versus_baseline(name, "e2e_p99_s")[0] <= 100 * claims["e2e_p99_reduction_at_most"], name
+        assert cmp.versus_baseline(name, "throughput_rps")[0] <= 100 * claims["throughput_gain_at_most"], name

@@ -1,4 +1,5 @@
-"""Unit tests of pytest_ppd.cluster: workloads, traces, routing on the simulator, metrics, bad inputs, CLI."""
+"""Unit tests of pytest_ppd.cluster: workloads, traces, routing on the simulator, metrics, bad inputs, CLI
+(strategies over time: test_cluster_strategies.py)."""
 
 import argparse
 import json
@@ -10,6 +11,7 @@ import pytest
 from pytest_ppd.cluster import (BlockTokens, Slo, Study, WorkloadSpec, add_arguments, build, cmd_cluster, generate,
                                 parse_deployment, read_trace, simulate, summarize, workload_spec, write_trace)
 from pytest_ppd.cluster.deployments import Hardware, candidates, engine_config
+from pytest_ppd.cluster.elastic import Resplit
 from pytest_ppd.cluster.metrics import goodput_per_gpu, mean_ci, meets_slo, percentiles, slo_attainment
 from pytest_ppd.cluster.routed import RoutedDeployment
 from pytest_ppd.cluster.routers import parse_rule
@@ -159,7 +161,10 @@ def test_metrics_on_planted_numbers():
     (lambda: workload_spec("seed003", rate=-2.0), "rate must be > 0"),
     (lambda: workload_spec("sysprompt", system_tokens=1000), "multiple of 512"),
     (lambda: Slo(ttft_ms=0), "SLOs must be > 0"),
-    (lambda: make_strategy("online", WORKLOADS["seed003"], 0), "not built yet"),
+    (lambda: make_strategy("online", WORKLOADS["seed003"], 0), "valid: fixed, static, adaptive, dynamo, offline"),
+    (lambda: make_strategy("static", WORKLOADS["seed003"], 0, search="greedy"), "valid: all, local"),
+    (lambda: make_strategy("dynamo", WORKLOADS["seed003"], 0, predictor="arima"), "valid: constant, moving-average"),
+    (lambda: Resplit(drain_s=-1.0), "must be >= 0 s"),
     (lambda: make_strategy("fixed", WORKLOADS["seed003"], 0), "needs a deployment"),
     (lambda: RoutedDeployment(prefill=[engine_config(Hardware(), "prefill")],
                               decode=[engine_config(Hardware(), "decode")], rule=parse_rule("llmd")),

@@ -2,9 +2,11 @@
 
     parser = sub.add_parser("cluster", help=...); add_arguments(parser); parser.set_defaults(func=cmd_cluster)
     ppd cluster --gpus 8 --strategy static --workload chat --rate 12 --requests 200 --seeds 3
+    ppd cluster --gpus 32 --requests 500 --rate 64 --seeds 3 --report cluster-report   # every strategy, compared
 
 Prints a compact table (one row per run; for ``static`` also what it tried on its sample) and appends
-every row as one JSON line to ``--out``.
+every row as one JSON line to ``--out``. ``--report DIR`` runs every strategy instead (compare.py) and writes
+the comparison there (comparison.json, cluster_strategies.png).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any, Callable, TypeVar
 from pytest_ppd.cluster.deployments import Hardware, parse_deployment
 from pytest_ppd.cluster.metrics import Slo, Summary, mean_ci
 from pytest_ppd.cluster.routers import POLICIES, RULES
-from pytest_ppd.cluster.strategy import STRATEGIES, Outcome, StaticBest, Study, make_strategy
+from pytest_ppd.cluster.compare import SETUPS, compare, write_report
+from pytest_ppd.cluster.elastic import Resplit
+from pytest_ppd.cluster.planners import PREDICTORS
+from pytest_ppd.cluster.strategy import SEARCHES, STRATEGIES, Outcome, StaticBest, Study, make_strategy
 from pytest_ppd.cluster.trace import read_trace, write_trace
 from pytest_ppd.cluster.workload import ARRIVALS, WORKLOADS, generate, workload_spec
 from pytest_ppd.errors import ConfigError
@@ -45,12 +50,39 @@ def _typed(convert: Callable[[str], T], what: str) -> Callable[[str], T]:
 _POS_INT, _POS_FLOAT = _typed(int, "a whole number"), _typed(float, "a number")
 
 
+def _seconds(text: str) -> float:
+    """A duration >= 0 s (a re-split may cost nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"'{text}': must be >= 0 s")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option of `ppd cluster`."""
     parser.add_argument("--gpus", type=_POS_INT, default=None, metavar="N",
                         help="GPUs, one engine each (default: 8, or x + y of an xPyD --deployment)")
     parser.add_argument("--strategy", default="fixed", choices=STRATEGIES,
-                        help="fixed: run --deployment; static: the best static split for a sample (default: fixed)")
+                        help="fixed: run --deployment; static: the best static split for a sample; adaptive, "
+                        "dynamo (SLA planner): re-split every --interval-s; offline: hindsight upper bound "
+                        "(default: fixed)")
+    parser.add_argument("--search", default="all", choices=SEARCHES,
+                        help="static: try every split, or hill-climb from the sample's demand split (default: all)")
+    parser.add_argument("--interval-s", type=_POS_FLOAT, default=Study(1).interval_s, metavar="S",
+                        help="planner interval (adaptive, dynamo, offline windows) (default: %(default)s)")
+    parser.add_argument("--drain-s", type=_seconds, default=Resplit().drain_s, metavar="S",
+                        help="least time a moved engine drains before it stops (default: %(default)s)")
+    parser.add_argument("--startup-s", type=_seconds, default=Resplit().startup_s, metavar="S",
+                        help="restart of a moved engine in its new role (default: %(default)s)")
+    parser.add_argument("--predictor", default="constant", choices=sorted(PREDICTORS),
+                        help="dynamo's load predictor (default: constant)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="planners' profile of the engine: reused or measured here (default: a temporary dir)")
+    parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                        help="run every strategy on this setup and write the comparison (JSON + plot) to DIR")
     parser.add_argument("--deployment", default="agg", metavar="agg|xPyD",
                         help="aggregated, or a static split such as 2P6D (default: agg)")
     parser.add_argument("--router", default="rr", choices=sorted(POLICIES), help="router policy (default: rr)")
@@ -125,10 +157,12 @@ def _cluster(args: argparse.Namespace) -> int:
     workload = replace(workload, requests=args.requests or (max(1, round(workload.rate * args.duration))
                                                             if args.duration else workload.requests))
     study = Study(gpus, Slo(args.ttft_slo_ms, args.itl_slo_ms), Hardware(args.model, args.gpu, args.link),
-                  policy=args.router)
+                  policy=args.router, interval_s=args.interval_s, resplit=Resplit(args.drain_s, args.startup_s))
     seeds = list(range(args.seed, args.seed + args.seeds))
-    if args.trace is not None and len(seeds) > 1:
-        raise ConfigError("a --trace is one workload: --seeds must be 1")
+    if args.trace is not None and (len(seeds) > 1 or args.report):
+        raise ConfigError("a --trace is one workload: --seeds must be 1, and --report compares drawn workloads")
+    if args.report is not None:
+        return _report(args, workload, study, seeds)
     extra = {"rate": workload.rate, "arrival": workload.arrival, "slo_ms": [args.ttft_slo_ms, args.itl_slo_ms],
              "model": args.model, "gpu": args.gpu, "link": args.link}
     lines: list[dict[str, Any]] = []
@@ -141,8 +175,10 @@ def _cluster(args: argparse.Namespace) -> int:
         trace = read_trace(args.trace) if args.trace else generate(workload, seed=seed)
         if args.write_trace is not None and seed == seeds[0]:
             write_trace(trace, args.write_trace)
-        strategy = (StaticBest(trace) if args.trace and not fixed  # in-sample: a trace has no other seed
-                    else make_strategy(args.strategy, workload, seed, deployment=spec))
+        strategy = (StaticBest(trace) if args.trace and args.strategy == "static"  # a trace has no other seed
+                    else make_strategy(args.strategy, workload, seed, deployment=spec, search=args.search,
+                                       hardware=study.hardware, profile=args.profile, predictor=args.predictor,
+                                       sample=trace if args.trace else None))
         print(f"  seed {seed}: {args.strategy} ...", file=sys.stderr, flush=True)
         outcome = strategy.run(trace, study)
         outcomes.append(outcome)
@@ -164,4 +200,16 @@ def _cluster(args: argparse.Namespace) -> int:
     print(f"{len(lines)} rows appended to {args.out}; last run simulated "
           f"{outcomes[-1].summary.requests / max(outcomes[-1].summary.wall_s, 1e-9):.0f} requests per wall second "
           f"({wall:.2f} s of runs)")
+    return 0
+
+
+def _report(args: argparse.Namespace, workload: Any, study: Study, seeds: list[int]) -> int:
+    """Every strategy on the setup, the table printed, comparison.json and the plot written to --report."""
+    print(f"ppd cluster: comparing strategies on {study.gpus} x {args.gpu} ({args.model}), {workload.name} at "
+          f"{workload.rate:g} req/s, {workload.requests} requests, seeds {seeds[0]}..{seeds[-1]}", file=sys.stderr)
+    setup = next((k for k, v in SETUPS.items() if v == (study.gpus, workload.requests)), "custom")
+    result = compare(setup, workload, study, seeds, profile=args.profile, search=args.search)
+    print("\n".join(result.table()))
+    for path in write_report([result], args.report):
+        print(f"wrote {path}")
     return 0

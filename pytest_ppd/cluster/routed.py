@@ -6,7 +6,7 @@ disaggregation, sessions, and a hook when a request is answered.
     h = dep.submit_turn(ids, 150, rid="s3/2", session="s3")
 
 It changes nothing in how engines, links and the clock work; it only overrides ``Deployment.route``
-(which engines a request goes to) and watches ``_deliver`` for finished requests.
+(which engines a request goes to) and watches ``_answered`` for finished requests.
 
 - colocated (aggregated): the policy picks one engine.
 - P/D: the policy picks the decode engine, then (``prefill_policy``) the prefill engine.
@@ -25,7 +25,6 @@ from pytest_ppd.cluster.routers import Rule, make_policy
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig
 from pytest_ppd.sim.deployment import Deployment, _Flight
-from pytest_ppd.sim.engine import SimRequest
 from pytest_ppd.sim.nodes import Node, Request
 
 
@@ -83,12 +82,10 @@ class RoutedDeployment(Deployment):
                 return serving, None
         return serving, self.prefill_policy.pick(self.prefill, ids, session, self.load)
 
-    def _deliver(self, flight: _Flight, req: SimRequest, new_ids: tuple[int, ...], finished: bool) -> None:
-        super()._deliver(flight, req, new_ids, finished)
-        if finished:
-            self.in_flight[flight.serving.name] -= 1
-            if self.on_done is not None:
-                self.on_done(flight.handle)
+    def _answered(self, flight: _Flight) -> None:
+        self.in_flight[flight.serving.name] -= 1
+        if self.on_done is not None:
+            self.on_done(flight.handle)
 
     # -- meters -------------------------------------------------------------------
     @property

@@ -84,11 +84,14 @@ class CacheAware:
         return self.trees[node.name]
 
     def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node:
+        ids = tuple(ids)  # once: a tree slices a tuple without copying it, a list once per engine
         loads = [load(n) for n in nodes]
         if max(loads) - min(loads) > self.balance_abs and max(loads) > self.balance_rel * min(loads):
             node = _least_loaded(nodes, load)
         else:
-            matches = [self._tree(n).match_prefix(ids).length for n in nodes]
+            head = ids[:1]  # a tree whose first page differs matches nothing: skip the walk (page size 1)
+            matches = [tree.match_prefix(ids).length if head in tree.root.children else 0
+                       for tree in map(self._tree, nodes)]
             best = max(range(len(nodes)), key=lambda i: (matches[i], -loads[i], -i))
             if matches[best] > self.cache_threshold * len(ids):
                 node = nodes[best]

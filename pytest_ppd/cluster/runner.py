@@ -127,7 +127,13 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
 def simulate(spec: DeploymentSpec, trace: Trace, hw: Hardware | None = None, *, salt: int = 0) -> Run:
     """Build the deployment, replay the trace on it, and collect every result."""
     started = time.perf_counter()
-    dep = build(spec, hw or Hardware())
+    return replay_run(build(spec, hw or Hardware()), trace, spec.label, spec.gpus, salt=salt, started=started)
+
+
+def replay_run(dep: RoutedDeployment, trace: Trace, label: str, gpus: int, *, salt: int = 0,
+               started: float | None = None) -> Run:
+    """Replay the trace on a fresh deployment (its planner, if any, already scheduled) and collect the run."""
+    started = time.perf_counter() if started is None else started
     tokens = BlockTokens(dep.nodes[0].cfg.model.vocab_size, block_tokens=trace.block_tokens, salt=salt)
     handles = replay(dep, trace, tokens)
     results = []
@@ -140,5 +146,5 @@ def simulate(spec: DeploymentSpec, trace: Trace, hw: Hardware | None = None, *, 
     sent = [r.sent_ns for r in results if r.error is None or r.last_ns is not None]
     ends = [r.last_ns for r in results if r.last_ns is not None]
     span = max(ends) - min(sent) if ends and sent else 0
-    return Run(spec.label, spec.gpus, trace.name, tuple(results), span, dep.kv_bytes,
+    return Run(label, gpus, trace.name, tuple(results), span, dep.kv_bytes,
                dep.busy_fraction(span), dep.events, time.perf_counter() - started)

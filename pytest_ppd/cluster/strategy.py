@@ -6,67 +6,37 @@
     report = across_seeds("static", spec, study, seeds=range(5))     # means with 95% CIs
 
 A strategy only replays the evaluation trace; whatever it decides in advance it learns from its own
-sample of the workload (another seed), never from the trace it is judged on.
+sample of the workload (another seed), never from the trace it is judged on (``offline`` excepted: it is
+the hindsight bound).
 
 - ``fixed``: one given deployment, as is.
-- ``static`` (seed 003's "static combined"): try every static deployment of N GPUs (aggregated and each
-  xPyD split) on the sample, keep the best, run it. Best = highest SLO attainment (on one trace the same
+- ``static`` (seed 003's "static combined"): try the static deployments of N GPUs (aggregated and the xPyD
+  splits) on the sample, keep the best, run it. Best = highest SLO attainment (on one trace the same
   order as goodput), ties broken by headroom: the lower of max(TTFT P90 / its SLO, ITL P90 / its SLO).
-
-Next (same protocol): online adaptive (a planner every dt re-splitting P:D; a re-split costs drain time and
-engine start-up), offline batched (hindsight-optimal per window: an upper bound), Dynamo's SLA planner.
+  ``search="all"`` tries every split; ``"local"`` hill-climbs from the sample's demand split (planners.py).
+- ``adaptive`` (online), ``dynamo`` (Dynamo's SLA planner) and ``offline`` (batched, hindsight per window:
+  an upper bound): strategies over time, dynamic.py; they read a profile of the engine (planners.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 from pytest_ppd.cluster.deployments import DeploymentSpec, Hardware, candidates
-from pytest_ppd.cluster.metrics import Slo, Summary, mean_ci, summarize
+from pytest_ppd.cluster.dynamic import Offline, Online
+from pytest_ppd.cluster.metrics import Summary, mean_ci, summarize
+from pytest_ppd.cluster.planners import PREDICTORS, DynamoSla, LoadBalance, ProfileModel
 from pytest_ppd.cluster.runner import simulate
+from pytest_ppd.cluster.study import Outcome, Strategy, Study, headroom, hill_climb, rank_key, ttfts
 from pytest_ppd.cluster.workload import Trace, WorkloadSpec, generate
 from pytest_ppd.errors import ConfigError
 
+__all__ = ["SAMPLE_SEED_OFFSET", "STRATEGIES", "Fixed", "Outcome", "SeedReport", "StaticBest", "Strategy", "Study",
+           "across_seeds", "headroom", "make_strategy", "rank_key"]
+
 SAMPLE_SEED_OFFSET = 1_000_003  # a strategy's sample of the workload: seed + this (never the judged trace)
-
-
-@dataclass(frozen=True)
-class Study:
-    """The fixed setting strategies compete in: N GPUs of one hardware, one router policy, the SLOs."""
-
-    gpus: int
-    slo: Slo = field(default_factory=Slo)
-    hardware: Hardware = field(default_factory=Hardware)
-    policy: str = "rr"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a strategy ran and how it did; ``considered``: what it tried on its sample, if anything."""
-
-    strategy: str
-    chosen: str
-    summary: Summary
-    considered: tuple[Summary, ...] = ()
-
-
-class Strategy(Protocol):
-    """Replays a trace on a study's GPUs, allocated its way."""
-
-    name: str
-
-    def run(self, trace: Trace, study: Study) -> Outcome: ...
-
-
-def headroom(s: Summary) -> float:
-    """How close the run's P90s come to the SLOs: max(TTFT P90 / TTFT SLO, ITL P90 / ITL SLO); lower is better."""
-    return max(s.ttft_ms.p90 / s.slo_ttft_ms, s.itl_ms.p90 / s.slo_itl_ms)
-
-
-def rank_key(s: Summary) -> tuple[float, float]:
-    """Higher is better: SLO attainment, then the lower P90-to-SLO ratio (more headroom)."""
-    return s.slo_attainment, -headroom(s)
 
 
 class Fixed:
@@ -80,44 +50,85 @@ class Fixed:
     def run(self, trace: Trace, study: Study) -> Outcome:
         if self.spec.gpus != study.gpus:
             raise ConfigError(f"{self.spec.label} is {self.spec.gpus} GPUs; the study has {study.gpus}")
-        summary = summarize(simulate(self.spec, trace, study.hardware), study.slo)
-        return Outcome(self.name, self.spec.label, summary)
+        run = simulate(self.spec, trace, study.hardware)
+        return Outcome(self.name, self.spec.label, summarize(run, study.slo), ttft_ms=ttfts(run))
 
 
 class StaticBest:
-    """The best static deployment for a sample of the workload (see the module docstring)."""
+    """The best static deployment for a sample of the workload (see the module docstring); ``start``: the
+    split a local search starts from (None: try every split)."""
 
     name = "static"
 
-    def __init__(self, sample: Trace, *, aggregated: bool = True) -> None:
-        self.sample, self.aggregated = sample, aggregated
+    def __init__(self, sample: Trace, *, aggregated: bool = True, start: int | None = None) -> None:
+        self.sample, self.aggregated, self.start = sample, aggregated, start
 
     def choose(self, study: Study) -> tuple[DeploymentSpec, tuple[Summary, ...]]:
-        specs = candidates(study.gpus, policy=study.policy, aggregated=self.aggregated)
-        tried = tuple(summarize(simulate(s, self.sample, study.hardware), study.slo) for s in specs)
-        best = max(range(len(specs)), key=lambda i: (rank_key(tried[i]), -i))
-        return specs[best], tried
+        def tried(spec: DeploymentSpec) -> Summary:
+            return summarize(simulate(spec, self.sample, study.hardware), study.slo)
+
+        if self.start is None:
+            specs = candidates(study.gpus, policy=study.policy, aggregated=self.aggregated)
+            sums = tuple(tried(s) for s in specs)
+        else:
+            def split(x: int) -> Summary:
+                return tried(DeploymentSpec("pd", study.gpus, x, policy=study.policy))
+            _, seen = hill_climb(split, self.start, 1, study.gpus - 1)
+            specs = [DeploymentSpec("agg", study.gpus, policy=study.policy)] if self.aggregated else []
+            sums = tuple(tried(s) for s in specs) + tuple(seen[x] for x in sorted(seen))
+            specs += [DeploymentSpec("pd", study.gpus, x, policy=study.policy) for x in sorted(seen)]
+        best = max(range(len(specs)), key=lambda i: (rank_key(sums[i]), -i))
+        return specs[best], sums
 
     def run(self, trace: Trace, study: Study) -> Outcome:
         spec, tried = self.choose(study)
-        summary = summarize(simulate(spec, trace, study.hardware), study.slo)
-        return Outcome(self.name, spec.label, summary, tried)
+        run = simulate(spec, trace, study.hardware)
+        return Outcome(self.name, spec.label, summarize(run, study.slo), tried, runs=len(tried) + 1, ttft_ms=ttfts(run))
 
 
-STRATEGIES = ("fixed", "static")
+STRATEGIES = ("fixed", "static", "adaptive", "dynamo", "offline")
+SEARCHES = ("all", "local")
 
 
 def make_strategy(name: str, workload: WorkloadSpec, seed: int, *, deployment: DeploymentSpec | None = None,
-                  aggregated: bool = True) -> Strategy:
-    """A strategy by name, its sample drawn from the workload with seed + SAMPLE_SEED_OFFSET."""
+                  aggregated: bool = True, search: str = "all", hardware: Hardware | None = None,
+                  profile: Path | None = None, predictor: str = "constant", sample: Trace | None = None) -> Strategy:
+    """A strategy by name, its sample drawn from the workload with seed + SAMPLE_SEED_OFFSET (or ``sample``);
+    planners read the profile of ``hardware``'s engine (measured into ``profile``, or a temporary dir)."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"'{name}' is not a strategy; valid: {', '.join(STRATEGIES)}")
+    if search not in SEARCHES:
+        raise ConfigError(f"'{search}' is not a static search; valid: {', '.join(SEARCHES)}")
+    if predictor not in PREDICTORS:
+        raise ConfigError(f"'{predictor}' is not a load predictor; valid: {', '.join(PREDICTORS)}")
     if name == "fixed":
         if deployment is None:
             raise ConfigError("strategy fixed needs a deployment (--deployment agg|xPyD)")
         return Fixed(deployment)
+    sample = sample or generate(workload, seed=seed + SAMPLE_SEED_OFFSET)
+    if name == "static" and search == "all":
+        return StaticBest(sample, aggregated=aggregated)
+    model = ProfileModel.of(hardware or Hardware(), profile)
     if name == "static":
-        return StaticBest(generate(workload, seed=seed + SAMPLE_SEED_OFFSET), aggregated=aggregated)
-    raise ConfigError(f"'{name}' is not a strategy; valid: {', '.join(STRATEGIES)} "
-                      "(online, offline and the SLA planner are not built yet)")
+        return _LocalStatic(sample, model, aggregated)
+    if name == "adaptive":
+        return Online(name, lambda st: LoadBalance(model, st.slo, st.interval_s), sample)
+    if name == "dynamo":
+        return Online(name, lambda st: DynamoSla(model, st.slo, st.interval_s, predictor), sample)
+    return Offline(model)
+
+
+class _LocalStatic:
+    """static with search="local": StaticBest hill-climbing from the sample's demand split (needs the study)."""
+
+    name = "static"
+
+    def __init__(self, sample: Trace, model: ProfileModel, aggregated: bool) -> None:
+        self.sample, self.model, self.aggregated = sample, model, aggregated
+
+    def run(self, trace: Trace, study: Study) -> Outcome:
+        start = LoadBalance(self.model, study.slo, study.interval_s).warm(self.sample, study.gpus)
+        return StaticBest(self.sample, aggregated=self.aggregated, start=start).run(trace, study)
 
 
 @dataclass(frozen=True)
@@ -134,11 +145,18 @@ class SeedReport:
 
 
 def across_seeds(name: str, workload: WorkloadSpec, study: Study, seeds: Sequence[int], *,
-                 deployment: DeploymentSpec | None = None, aggregated: bool = True) -> SeedReport:
+                 deployment: DeploymentSpec | None = None, aggregated: bool = True, search: str = "all",
+                 profile: Path | None = None) -> SeedReport:
     """Run the strategy on the workload drawn with each seed; CIs over seeds."""
-    outcomes = tuple(make_strategy(name, workload, s, deployment=deployment, aggregated=aggregated)
-                     .run(generate(workload, seed=s), study) for s in seeds)
+    outcomes = tuple(make_strategy(name, workload, s, deployment=deployment, aggregated=aggregated, search=search,
+                                   hardware=study.hardware, profile=profile).run(generate(workload, seed=s), study)
+                     for s in seeds)
+    return seed_report(name, tuple(seeds), outcomes)
+
+
+def seed_report(name: str, seeds: tuple[int, ...], outcomes: tuple[Outcome, ...]) -> SeedReport:
+    """The outcomes of one strategy over seeds, with 95% CIs."""
     sums = [o.summary for o in outcomes]
-    return SeedReport(name, tuple(seeds), outcomes, mean_ci([s.goodput_per_gpu for s in sums]),
+    return SeedReport(name, seeds, outcomes, mean_ci([s.goodput_per_gpu for s in sums]),
                       mean_ci([s.slo_attainment for s in sums]), mean_ci([s.ttft_ms.p99 for s in sums]),
                       mean_ci([s.itl_ms.p99 for s in sums]))

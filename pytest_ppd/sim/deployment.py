@@ -239,8 +239,11 @@ class Deployment:
                     del self._flights[id(event.req)]
                     flight.prefill_done_ns, flight.prefill_result = self.now_ns, event.req
                     self._kv_event(flight, "prefill-done")
-                continue
-            self._deliver(flight, event.req, event.new_ids, event.finished)
+            elif flight.stretch_ns is None or event.finished:
+                self._deliver(flight, event.req, event.new_ids, event.finished)
+            else:  # a token mid-stream, the most frequent event of all: inline
+                flight.handle.token_ns += [self.now_ns + flight.stretch_ns] * len(event.new_ids)
+                flight.handle.output_ids += event.new_ids
 
     def _kv_event(self, flight: _Flight, what: str) -> None:
         """P/D hand-off: once decode is ready and prefill done, move the KV decode lacks, then decode."""
@@ -273,12 +276,16 @@ class Deployment:
             factor = flight.serving.slow_prompts.get(req.prompt_len, 1.0)
             flight.stretch_ns = int(round((factor - 1.0) * (self.now_ns - handle.sent_ns)))
         at = self.now_ns + flight.stretch_ns
-        handle.token_ns.extend(at for _ in new_ids)
+        handle.token_ns.extend([at] * len(new_ids))
         handle.output_ids.extend(new_ids)
         if finished:
             del self._flights[id(req)]
             handle.done_ns = at
             handle.meta_info = self._meta(handle, req, at, flight.added_ns)
+            self._answered(flight)
+
+    def _answered(self, flight: _Flight) -> None:
+        """Called once per request, at the virtual time of its last token (subclasses watch it here)."""
 
     @staticmethod
     def _meta(handle: Request, req: SimRequest, at_ns: int, added_ns: int) -> dict[str, Any]:
