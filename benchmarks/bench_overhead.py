@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from pytest_ppd.client.runner import _round, _warm
+from pytest_ppd.client.runner import send_round, warm_contexts
 from pytest_ppd.client.stream import StreamClient
 from pytest_ppd.client.workload import Workload
 from pytest_ppd.grid import GridPoint
@@ -51,9 +51,9 @@ def modeled_ttfts(argv: list[str], wl: Workload, round_: int) -> list[float]:
 async def measure(url: str, wl: Workload, rounds: int) -> list[list]:
     out = []
     async with StreamClient(url) as client:
-        await _warm(client, wl, wl.point)
+        await warm_contexts(client, wl, wl.point)
         for r in range(rounds):
-            out.append((r, await _round(client, wl, wl.point, r, 2)))
+            out.append((r, await send_round(client, wl, wl.point, r, 2)))
     return out
 
 

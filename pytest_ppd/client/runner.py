@@ -128,6 +128,7 @@ async def warm_contexts(client: StreamClient, wl: Workload, point: GridPoint) ->
 async def send_round(client: StreamClient, wl: Workload, point: GridPoint, round_: int,
                  max_new: int) -> list[RequestResult]:
     bodies = [build_body(wl.prompt_json(c, round_), max_new) for c in range(point.bs)]
+    await client.prepare(point.bs)  # connections open before the start barrier: connecting is not TTFT
     gate = asyncio.Event()
 
     async def one(body: bytes) -> RequestResult:

@@ -4,8 +4,14 @@ It measures and keeps; metrics are derived elsewhere. A failed request is data
 (``error`` is set), never an exception::
 
     async with StreamClient(url) as client:
+        await client.prepare(64)          # optional: 64 connections open before the start barrier
         result = await client.generate(ids, max_new_tokens=2)
         result.ttft_ns
+
+Over http:// the streams go through the lean reader (lean.py, connections.py): a request on a
+connection opened ahead only writes its bytes, and each event is stamped in the read callback.
+https:// goes through httpx. Either way sent_ns is stamped right before the request is written,
+after the connection is up, so no connection setup is inside a TTFT.
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from httpx_sse import aconnect_sse
+
+from pytest_ppd.client.connections import Pool
 
 
 @dataclass
 class RequestResult:
     """What one streamed /generate did, with monotonic ns stamps."""
 
-    sent_ns: int
+    sent_ns: int  # right before the request's bytes were written (until then: when send() was called)
     first_byte_ns: int | None = None
     event_ns: list[int] = field(default_factory=list)  # content events only
     done_ns: int | None = None
@@ -35,7 +44,7 @@ class RequestResult:
 
     @property
     def ttft_ns(self) -> int | None:
-        """TTFT = first content event - request sent."""
+        """TTFT = first content event - request sent (its bytes written on an open connection)."""
         return self.event_ns[0] - self.sent_ns if self.event_ns else None
 
     @property
@@ -63,25 +72,39 @@ def build_body(input_ids: list[int] | str, max_new_tokens: int, *, rid: str | No
 
 
 class StreamClient:
-    """Async httpx client; one TCP connection per stream (no keep-alive reuse).
+    """Async client; one TCP connection per stream (no keep-alive reuse), opened ahead when it can be.
 
     The real sglang-router does not set TCP_NODELAY: a reused connection can
-    hold a stream's first chunk ~40 ms behind Nagle and delayed ACKs.
+    hold a stream's first chunk ~40 ms behind Nagle and delayed ACKs. Over
+    http://, when a burst of streams has ended the client opens as many fresh
+    connections as it had in flight, so the next burst (the runner's next round)
+    finds them open; `prepare(n)` does the same on demand.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600.0, *,
+                 lean: bool = True) -> None:
+        """lean=False: streams through httpx even over http:// (the reference the lean reader is tested against)."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=base_url, headers=headers, trust_env=False, follow_redirects=False,
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_keepalive_connections=0, max_connections=None),
         )
+        self._timeout_s = timeout_s
+        self._pool = Pool(base_url, api_key) if lean and urlsplit(base_url).scheme == "http" else None
 
     async def __aenter__(self) -> "StreamClient":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.close()
         await self._client.aclose()
+
+    async def prepare(self, n: int) -> None:
+        """Open n connections now (before a start barrier): each of the next n sends then only writes."""
+        if self._pool is not None:
+            await self._pool.prepare(n)
 
     async def post_json(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         return await self._client.post(path, json=body)
@@ -103,9 +126,20 @@ class StreamClient:
             result = RequestResult(sent_ns=time.perf_counter_ns())
         else:
             result.sent_ns = time.perf_counter_ns()
+        if self._pool is not None:
+            await self._pool.exchange(content, result, self._timeout_s)
+            return result
+        return await self._send_httpx(content, result)
+
+    async def _send_httpx(self, content: bytes, result: RequestResult) -> RequestResult:
+        async def trace(name: str, info: object) -> None:
+            if name == "http11.send_request_headers.started":  # the connection (TLS too) is up
+                result.sent_ns = time.perf_counter_ns()
+
         try:
             async with aconnect_sse(self._client, "POST", "/generate", content=content,
-                                    headers={"Content-Type": "application/json"}) as source:
+                                    headers={"Content-Type": "application/json"},
+                                    extensions={"trace": trace}) as source:
                 resp = source.response
                 result.first_byte_ns = time.perf_counter_ns()
                 result.status = resp.status_code
