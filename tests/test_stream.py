@@ -21,6 +21,7 @@ SCRIPTS = {  # what the server writes for each request's rid
     "error": [{"error": {"message": "scheduler aborted"}}, "[DONE]"],
     "truncated": [{"output_ids": [5]}],
     "malformed": ['{"output_ids": [1, 2'],
+    "malformed-middle": [{"output_ids": [5]}, '{"output_ids": [5, }', {"output_ids": [5, 6, 7]}, "[DONE]"],
 }
 
 
@@ -54,7 +55,7 @@ async def _run(rids, lean):
 
 @TRANSPORTS
 def test_every_outcome_of_a_stream_is_recorded_as_data(lean):
-    out = asyncio.run(_run(["ok", "error", "truncated", "malformed", "http400"], lean))
+    out = asyncio.run(_run(["ok", "error", "truncated", "malformed", "malformed-middle", "http400"], lean))
     ok = out["ok"]
     assert ok.error is None and ok.saw_done and ok.n_output_ids == 2 and ok.meta_info == {"cached_tokens": 3}
     assert len(ok.event_ns) == 2 and ok.sent_ns < ok.first_byte_ns <= ok.event_ns[0] < ok.event_ns[1] <= ok.done_ns
@@ -62,6 +63,7 @@ def test_every_outcome_of_a_stream_is_recorded_as_data(lean):
     assert out["error"].error == ("StreamError", "scheduler aborted") and out["error"].saw_done
     assert out["truncated"].error[0] == "TruncatedStream" and not out["truncated"].saw_done
     assert out["malformed"].error[0] == "MalformedEvent"
+    assert out["malformed-middle"].error[0] == "MalformedEvent"  # a braced event that is not JSON, mid-stream
     assert out["http400"].error[0] == "HTTPStatus" and out["http400"].status == 400
 
 

@@ -46,6 +46,7 @@ class Exchange(asyncio.Protocol):
         self._error_body = b""
         self.last = b""  # the last content event, and the last that carried meta_info
         self.last_meta = b""
+        self.events: list[bytes] = []  # every content event, checked after the stream (never inside a stamp)
         self._last_io = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timeout_s = 0.0
@@ -266,6 +267,7 @@ class Exchange(asyncio.Protocol):
             self._finish(("MalformedEvent", data[:200].decode(errors="replace")))
             return
         r.event_ns.append(now)
+        self.events.append(data)
         self.last = data
         if b'"meta_info"' in data:
             self.last_meta = data
@@ -276,7 +278,7 @@ class Exchange(asyncio.Protocol):
         if r is None or not self.last:
             return
         decoded: dict[bytes, Any] = {}
-        for raw in (self.last, self.last_meta):
+        for raw in (*self.events, self.last, self.last_meta):  # every event must be JSON, as SGLang writes it
             if raw and raw not in decoded:
                 try:
                     decoded[raw] = json.loads(raw)
