@@ -103,3 +103,37 @@ def test_insert_then_match_whole_sequence(seq):
     cache = RadixCache()
     cache.insert(seq)
     assert cache.match_prefix(seq).length == len(seq)
+
+
+def _scan_order(cache: RadixCache) -> list[tuple[int, ...]]:
+    """Reference eviction: every unlocked leaf collected now, least recently used first (SGLang's evict)."""
+    return [n.key for n in sorted((n for n in cache._leaves() if n.lock_ref == 0), key=lambda n: n.last_access)]
+
+
+@given(cache_ops, st.sampled_from([1, 2]))
+def test_incremental_lru_evicts_what_a_full_scan_would(ops, page_size):
+    """The heap kept across operations picks the same first victim as collecting the leaves at eviction time,
+    and frees exactly as many tokens as a scan-based eviction of the same tree."""
+    cache = RadixCache(page_size=page_size)
+    locks = []
+    for op, arg in ops:
+        if op == "insert":
+            cache.insert(arg)
+        elif op == "match":
+            cache.match_prefix(arg)
+        elif op == "lock":
+            m = cache.match_prefix(arg)
+            cache.lock(m.node)
+            locks.append(m)
+        elif op == "unlock" and locks:
+            cache.unlock(locks.pop(arg % len(locks)).node)
+        elif op == "evict":
+            expected = _scan_order(cache)
+            leaves = {id(n): n for n in cache._leaves()}
+            freed = cache.evict(max(arg, 1))
+            gone = [n.key for n in leaves.values() if n.parent is None]
+            if expected:
+                assert expected[0] in gone, "the least recently used leaf was not evicted first"
+            else:
+                assert freed == 0
+        cache.check_invariants()

@@ -67,6 +67,28 @@ class RadixCache:
         self.root = _Node(lock_ref=1)
         self.total_size = 0
         self.protected_size = 0
+        self.nodes = 0
+        # Eviction candidates, kept as they change instead of collected per eviction: (last_access, seq, node)
+        # for every unlocked leaf, plus stale entries that _evictable() skips (touched, locked, grown or gone).
+        self._lru: list[tuple[int, int, _Node]] = []
+        self._seq = itertools.count()
+
+    def _candidate(self, node: _Node) -> None:
+        """node may have become an unlocked leaf, or been touched as one: (re)enter it in the LRU heap."""
+        if not node.children and node.lock_ref == 0 and node is not self.root:
+            heapq.heappush(self._lru, (node.last_access, next(self._seq), node))
+            if len(self._lru) > 4 * self.nodes + 64:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the tree when stale entries outnumber live ones."""
+        self._lru = [(n.last_access, next(self._seq), n) for n in self._leaves() if n.lock_ref == 0]
+        heapq.heapify(self._lru)
+
+    @staticmethod
+    def _evictable(entry: tuple[int, int, _Node]) -> bool:
+        stamp, _, node = entry
+        return node.parent is not None and not node.children and node.lock_ref == 0 and node.last_access == stamp
 
     def _page_key(self, ids: Sequence[int]) -> tuple[int, ...]:
         return tuple(ids[: self.page_size])
@@ -94,6 +116,8 @@ class RadixCache:
             node, matched = child, matched + common
             if partial:
                 break
+        if node is not self.root and not node.children:
+            self._candidate(node)
         return Match(matched, node)
 
     def _split(self, child: _Node, at: int) -> _Node:
@@ -103,6 +127,7 @@ class RadixCache:
         upper = _Node(key=child.key[:at], parent=parent, lock_ref=child.lock_ref,
                       last_access=child.last_access)
         parent.children[self._page_key(upper.key)] = upper
+        self.nodes += 1
         child.key = child.key[at:]
         child.parent = upper
         upper.children[self._page_key(child.key)] = child
@@ -120,6 +145,8 @@ class RadixCache:
         leaf = _Node(key=rest, parent=match.node, last_access=next(self._clock))
         match.node.children[self._page_key(rest)] = leaf
         self.total_size += len(rest)
+        self.nodes += 1
+        self._candidate(leaf)
         return len(rest)
 
     def lock(self, node: _Node) -> None:
@@ -131,6 +158,7 @@ class RadixCache:
             node = node.parent  # type: ignore[assignment]
 
     def unlock(self, node: _Node) -> None:
+        bottom = node
         while node is not self.root and node is not None:
             if node.lock_ref <= 0:
                 raise RuntimeError("radix cache unlock without a matching lock")
@@ -138,23 +166,26 @@ class RadixCache:
             if node.lock_ref == 0:
                 self.protected_size -= len(node.key)
             node = node.parent  # type: ignore[assignment]
+        if bottom is not None and bottom.lock_ref == 0:
+            self._candidate(bottom)
 
     def evict(self, num_tokens: int) -> int:
         """Free at least num_tokens from least-recently-used unlocked leaves; returns tokens freed."""
-        if num_tokens <= 0:
-            return 0
-        heap = [(n.last_access, id(n), n) for n in self._leaves() if n.lock_ref == 0]
-        heapq.heapify(heap)
-        freed = 0
+        freed, heap = 0, self._lru
         while freed < num_tokens and heap:
-            _, _, node = heapq.heappop(heap)
+            entry = heapq.heappop(heap)
+            if not self._evictable(entry):
+                continue
+            node = entry[2]
             parent = node.parent
             assert parent is not None
             del parent.children[self._page_key(node.key)]
+            node.parent = None
             freed += len(node.key)
             self.total_size -= len(node.key)
+            self.nodes -= 1
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
-                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+                heapq.heappush(heap, (parent.last_access, next(self._seq), parent))
         return freed
 
     def _leaves(self) -> list[_Node]:
