@@ -12,6 +12,8 @@ hard-coded::
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import json
 import re
 from dataclasses import dataclass
@@ -79,12 +81,12 @@ class ModelSpec:
     config: Mapping[str, Any] | None = None
     quantization: str = ""  # "fp8": the blocks' linear weights are FP8 (1 byte, GEMMs at the FP8 peak)
 
-    @property
+    @cached_property
     def kv_bytes_per_token(self) -> int:
         """KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x dtype bytes."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_dtype_bytes
 
-    @property
+    @cached_property
     def nonembedding_params(self) -> int:
         """Parameters of the transformer blocks (attention, gated MLP, norms), without embeddings/lm_head."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -93,7 +95,7 @@ class ModelSpec:
         per_layer = attention + mlp + 2 * h
         return self.num_layers * per_layer + h
 
-    @property
+    @cached_property
     def lm_head_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
@@ -109,7 +111,7 @@ class ModelSpec:
         embeddings = self.lm_head_params * (1 if tied else 2) * self.dtype_bytes
         return self.nonembedding_params * self.block_weight_bytes_per_param + embeddings
 
-    @property
+    @cached_property
     def step_weight_bytes(self) -> int:
         """Weight bytes one forward pass must read: the blocks plus the lm_head."""
         return self.nonembedding_params * self.block_weight_bytes_per_param + self.lm_head_params * self.dtype_bytes

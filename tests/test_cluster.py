@@ -117,7 +117,7 @@ def test_shared_hash_ids_are_identical_token_prefixes_and_turns_carry_the_answer
     b = TraceRequest(1300, 4, (5, 6, 9), None, "s", 10)
     ids_a, ids_b = tokens.ids(a), tokens.ids(b)
     assert len(ids_a) == 700 and len(ids_b) == 1300 and ids_b[:700] == ids_a
-    assert tokens.ids(TraceRequest(512, 1, (6,), 0)) == ids_a[512:] + tokens.block(6)[188:]
+    assert tokens.ids(TraceRequest(512, 1, (6,), 0)) == ids_a[512:] + list(tokens.block(6)[188:])
     answer = [11, 12, 13, 14]
     turn = tokens.turn_ids(b, a, ids_a, answer)
     assert turn[:704] == ids_a + answer and turn[704:] == ids_b[704:] and len(turn) == 1300

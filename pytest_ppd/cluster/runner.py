@@ -10,6 +10,7 @@ got) then its new tokens, as a chat client does. Every request's token times com
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -84,10 +85,13 @@ def _result(index: int, session: str | None, expected: int, h: Request) -> Reque
                          h.engine, h.prefill, h.error)
 
 
-def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Request | None]:
-    """Send the trace's requests into dep and run it dry; the handle of each request (None: never sent)."""
+def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[RequestResult]:
+    """Send the trace's requests into dep and run it dry; the result of each request, in trace order.
+
+    A request's handle is turned into its result as soon as it is answered and dropped, its ids once its
+    session's next turn is sent: a replay holds the tokens of what is in flight, not of the whole trace."""
     reqs = trace.requests
-    handles: list[Request | None] = [None] * len(reqs)
+    results: list[RequestResult | None] = [None] * len(reqs)
     following: dict[int, int] = {}  # index -> the index of its session's next turn
     previous: dict[int, int] = {}
     last_of: dict[str, int] = {}
@@ -97,22 +101,25 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
             previous[i] = last_of[req.session_id]
         if req.session_id is not None:
             last_of[req.session_id] = i
-    index_of: dict[str, int] = {}
+    open_: dict[str, tuple[int, Request]] = {}  # rid -> (index, handle) sent and not answered
+    said: dict[int, tuple[list[int], list[int]]] = {}  # index -> (input, answer) its next turn resends
 
     def send(i: int) -> None:
         req = reqs[i]
-        before = handles[previous[i]] if i in previous else None
-        ids = (tokens.turn_ids(req, reqs[previous[i]], before.input_ids, before.output_ids) if before
-               else tokens.ids(req))
+        before = said.pop(previous[i]) if i in previous else None
+        ids = tokens.turn_ids(req, reqs[previous[i]], *before) if before else tokens.ids(req)
         h = dep.submit_turn(ids, req.output_length, rid=f"r{i}", session=req.session_id)
-        handles[i], index_of[h.rid] = h, i
+        open_[h.rid] = (i, h)
         if h.done:  # refused at once: the session goes on, as a client's would
             answered(h)
 
     def answered(h: Request) -> None:
-        nxt = following.get(index_of[h.rid])
+        i, _ = open_.pop(h.rid)
+        results[i] = _result(i, reqs[i].session_id, reqs[i].output_length, h)
+        nxt = following.get(i)
         if nxt is not None:
             assert h.done_ns is not None
+            said[i] = (h.input_ids, h.output_ids)
             at = max(h.done_ns + (reqs[nxt].delay_ms or 0) * MS, (reqs[nxt].timestamp_ms or 0) * MS)
             dep.call_at(max(at, dep.now_ns), lambda: send(nxt))
 
@@ -120,8 +127,21 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
     for i, req in enumerate(reqs):
         if i not in previous:
             dep.call_at((req.timestamp_ms or 0) * MS, lambda i=i: send(i))  # type: ignore[misc]
-    dep.run()
-    return handles
+    # No cyclic collector while it runs: what a replay frees is acyclic (refcounts free it), and each pass
+    # would walk every cache node and request in flight again (a third of the wall time, unpaused).
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        dep.run()
+    finally:
+        if paused:
+            gc.enable()
+    for i, h in open_.values():  # never answered (nothing does that today): as the client saw it
+        results[i] = _result(i, reqs[i].session_id, reqs[i].output_length, h)
+    return [r if r is not None else
+            RequestResult(i, q.session_id, q.input_length, q.output_length, 0, 0, 0, None, None, None, None,
+                          "never sent: its session stopped before it")
+            for i, (q, r) in enumerate(zip(reqs, results))]
 
 
 def simulate(spec: DeploymentSpec, trace: Trace, hw: Hardware | None = None, *, salt: int = 0) -> Run:
@@ -135,14 +155,7 @@ def replay_run(dep: RoutedDeployment, trace: Trace, label: str, gpus: int, *, sa
     """Replay the trace on a fresh deployment (its planner, if any, already scheduled) and collect the run."""
     started = time.perf_counter() if started is None else started
     tokens = BlockTokens(dep.nodes[0].cfg.model.vocab_size, block_tokens=trace.block_tokens, salt=salt)
-    handles = replay(dep, trace, tokens)
-    results = []
-    for i, (req, h) in enumerate(zip(trace.requests, handles)):
-        if h is None:
-            results.append(RequestResult(i, req.session_id, req.input_length, req.output_length, 0, 0, 0,
-                                         None, None, None, None, "never sent: its session stopped before it"))
-        else:
-            results.append(_result(i, req.session_id, req.output_length, h))
+    results = replay(dep, trace, tokens)
     sent = [r.sent_ns for r in results if r.error is None or r.last_ns is not None]
     ends = [r.last_ns for r in results if r.last_ns is not None]
     span = max(ends) - min(sent) if ends and sent else 0

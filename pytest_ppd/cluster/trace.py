@@ -109,30 +109,30 @@ class BlockTokens:
         if vocab_size <= 2 * _LOW:
             raise ConfigError(f"vocabulary of {vocab_size} ids is too small for trace blocks (> {2 * _LOW})")
         self.vocab, self.block_tokens, self.salt = vocab_size, block_tokens, salt
-        self._blocks: dict[int, list[int]] = {}
+        self._blocks: dict[int, tuple[int, ...]] = {}  # tuples: the garbage collector skips them once seen
 
-    def block(self, h: int) -> list[int]:
+    def block(self, h: int) -> tuple[int, ...]:
         ids = self._blocks.get(h)
         if ids is None:
             rng = np.random.default_rng([self.salt, h])
-            ids = self._blocks[h] = rng.integers(_LOW, self.vocab - 1, self.block_tokens).tolist()
+            ids = self._blocks[h] = tuple(rng.integers(_LOW, self.vocab - 1, self.block_tokens).tolist())
         return ids
 
-    def ids(self, req: TraceRequest) -> list[int]:
-        """The request's exact input ids: its blocks, the last one cut to input_length."""
-        need = -(-req.input_length // self.block_tokens)
+    def ids(self, req: TraceRequest, start: int = 0) -> list[int]:
+        """The request's exact input ids from ``start`` on: its blocks, the last one cut to input_length."""
+        bt = self.block_tokens
+        first, need = start // bt, -(-req.input_length // bt)
         out: list[int] = []
-        for h in req.hash_ids[:need]:
+        for h in req.hash_ids[first:need]:
             out += self.block(h)
-        return out[: req.input_length]
+        return out[start - first * bt: req.input_length - first * bt]
 
     def turn_ids(self, req: TraceRequest, before: TraceRequest, sent: Sequence[int],
                  answer: Sequence[int]) -> list[int]:
         """A later turn as a chat client sends it: what it sent last turn, the answer it got, then the new
         tokens of the turn's own blocks. A turn whose blocks do not extend the previous turn's (or that is
         too short to hold the conversation) is sent as its blocks say."""
-        ids = self.ids(req)
         cut = len(sent) + len(answer)
-        if cut > len(ids) or req.hash_ids[: len(before.hash_ids)] != before.hash_ids:
-            return ids
-        return [*sent, *answer, *ids[cut:]]
+        if cut > req.input_length or req.hash_ids[: len(before.hash_ids)] != before.hash_ids:
+            return self.ids(req)
+        return [*sent, *answer, *self.ids(req, cut)]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.roofline import attention_flops, bound_s, gemm_peak_flops
@@ -138,15 +138,22 @@ class CostModel:
         self.attention_backend = attention_backend or ATTENTION_BACKEND.get(gpu.arch, "flashinfer")
 
     def _gpu_s(self, tokens: int, logits: int, f_attn: float, b_kv: float, eta_w: float) -> float:
+        return self._linear_s(tokens, logits, eta_w) + self._attn_s(f_attn, b_kv) + self._allreduce_s
+
+    def _linear_s(self, tokens: int, logits: int, eta_w: float) -> float:
         p, m, g = self.profile, self.model, self.gpu
         tp = self.tp_size
         blocks = 2.0 * m.nonembedding_params * tokens / tp  # in the checkpoint's GEMM dtype
         lm_head = 2.0 * m.lm_head_params * logits / tp  # always bf16
         compute = (blocks / gemm_peak_flops(m, g) + lm_head / g.peak_flops) / p.eta_gemm
-        linear = max(compute, m.step_weight_bytes / tp / (eta_w * g.hbm_bytes_per_s))
-        attn = bound_s(f_attn / tp, b_kv / tp, g, p.eta_attn, p.eta_kv)
-        allreduce = 0.0 if tp == 1 else 2 * m.num_layers * 10e-6
-        return linear + attn + allreduce
+        return max(compute, m.step_weight_bytes / tp / (eta_w * g.hbm_bytes_per_s))
+
+    def _attn_s(self, f_attn: float, b_kv: float) -> float:
+        return bound_s(f_attn / self.tp_size, b_kv / self.tp_size, self.gpu, self.profile.eta_attn, self.profile.eta_kv)
+
+    @property
+    def _allreduce_s(self) -> float:
+        return 0.0 if self.tp_size == 1 else 2 * self.model.num_layers * 10e-6
 
     def _attention_flops(self, new: int, prefix: int) -> float:
         """Causal attention FLOPs of `new` tokens after `prefix`, as the tiled kernel computes them."""
@@ -181,3 +188,24 @@ class CostModel:
         b_kv = (sum(contexts) + len(contexts)) * self.model.kv_bytes_per_token
         gpu = self._gpu_s(len(contexts), len(contexts), f_attn, b_kv, self.profile.eta_w_decode)
         return (c0 + gpu) * self.profile.slowdown
+
+    def decode_steps(self, contexts: Sequence[int], steps: int, eager: bool = False) -> list[float]:
+        """Step times of ``steps`` decode steps of one batch, each context one token longer at each step:
+        ``[decode_time([c + j for c in contexts], eager) for j in range(steps)]``, bit for bit. The roofline
+        needs only the contexts' sum: each request's attention FLOPs are a whole number below 2**53, so their
+        float sum is exact and equals the product taken here."""
+        n, total = len(contexts), sum(contexts)
+        per_token = attention_flops(self.model, 1, 0)  # 4 L H D: the FLOPs of one cached token, and of itself
+        exact = per_token.is_integer() and per_token * (total + n * steps) < 2 ** 53
+        if type(self).decode_time is not CostModel.decode_time or not n or not exact:
+            return [self.decode_time([c + j for c in contexts], eager) for j in range(steps)]
+        p, g, tp, kv = self.profile, self.gpu, self.tp_size, self.model.kv_bytes_per_token
+        c0, slowdown = p.c0_decode_s + (p.eager_decode_s if eager else 0.0), p.slowdown
+        # _gpu_s(n, n, ...) of each step, its terms in the same order: the linear layers do not change
+        linear, allreduce = self._linear_s(n, n, p.eta_w_decode), self._allreduce_s
+        flops_den, bytes_den = p.eta_attn * g.peak_flops, p.eta_kv * g.hbm_bytes_per_s
+        out = []
+        for tokens in range(total + n, total + n + n * steps, n):  # the contexts, plus each new token
+            attn = max(per_token * tokens / tp / flops_den, tokens * kv / tp / bytes_den)
+            out.append((c0 + (linear + attn + allreduce)) * slowdown)
+        return out

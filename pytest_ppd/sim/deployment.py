@@ -25,13 +25,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import operator
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, resolve
 from pytest_ppd.sim.engine import Batch, SimRequest
-from pytest_ppd.sim.nodes import NS, Node, Request, node_for, refusal, to_ns
+from pytest_ppd.sim.nodes import NS, Node, Request, _Flight, meta_info, node_for, refusal, to_ns
+from pytest_ppd.sim.runs import DecodeRun
 
 __all__ = ["NS", "Deployment", "Node", "Request", "to_ns"]
 
@@ -40,24 +40,10 @@ _ADD, _KV_READY, _STEP_DONE, _CALL = 0, 1, 2, 3
 _PLACE = operator.attrgetter("index")
 
 
-@dataclass(eq=False)
-class _Flight:
-    """One request in the deployment: its client handle and its engine-side requests."""
-
-    handle: Request
-    serving: Node  # the engine that streams the answer (colocated or decode)
-    prefill: Node | None = None
-    sim: SimRequest | None = None  # on the serving engine
-    p_sim: SimRequest | None = None  # on the prefill engine
-    prefill_done_ns: int | None = None
-    prefill_result: SimRequest | None = None
-    decode_ready_ns: int | None = None
-    stretch_ns: int | None = None
-    added_ns: int = 0  # when the serving engine got it (after its overhead, or after the KV arrived)
-
-
 class Deployment:
     """Engines, links and a router on one virtual clock; see the module docstring."""
+
+    decode_runs = True  # False: every decode step is its own event (the same times; tests compare the two)
 
     def __init__(self, *, colocated: Sequence[SimConfig] = (), prefill: Sequence[SimConfig] = (),
                  decode: Sequence[SimConfig] = (), bootstrap_s: float = 0.0) -> None:
@@ -79,7 +65,7 @@ class Deployment:
             node.index = i
         self.now_ns = 0
         self.events = 0  # processed, for events-per-second benchmarks
-        self._heap: list[tuple[int, int, int, Any]] = []
+        self._heap: list[tuple[int, int, int, int, Any]] = []
         self._seq = itertools.count()
         self._rr = {"colocated": itertools.count(), "prefill": itertools.count(), "decode": itertools.count()}
         self._flights: dict[int, _Flight] = {}  # id(SimRequest) -> flight
@@ -161,6 +147,9 @@ class Deployment:
         """The client went away: drop the request wherever it is (its KV is not cached)."""
         for key, flight in list(self._flights.items()):
             if flight.handle is handle:
+                for node in (flight.prefill, flight.serving):  # its tokens until now reach it first
+                    if node is not None:
+                        self._touch(node, inclusive=True)
                 del self._flights[key]
                 if flight.prefill is not None and flight.p_sim is not None:
                     flight.prefill.engine.abort(flight.p_sim)
@@ -176,24 +165,27 @@ class Deployment:
         self._push(at_ns, _CALL, fn)
 
     # -- the loop -------------------------------------------------------------------
-    def _push(self, at_ns: int, kind: int, payload: Any) -> None:
-        heapq.heappush(self._heap, (at_ns, kind, next(self._seq), payload))
+    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0) -> None:
+        """Due at the same instant: by kind, then place (engines' step ends in engine order), then as pushed."""
+        heapq.heappush(self._heap, (at_ns, kind, place, next(self._seq), payload))
 
     def run(self, until_ns: int | None = None, *, until: Callable[[], bool] | None = None) -> int:
         """Process events up to ``until_ns`` (default: all) or until ``until()`` holds; the time reached."""
         while self._heap and (until_ns is None or self._heap[0][0] <= until_ns):
             if until is not None and until():
+                self._settle()
                 return self.now_ns
             when = self._heap[0][0]
             self.now_ns = when
             # Everything due at this instant happens before any engine looks (simultaneous arrivals batch).
             while self._heap and self._heap[0][0] == when:
-                _, kind, _, payload = heapq.heappop(self._heap)
+                _, kind, _, _, payload = heapq.heappop(self._heap)
                 self.events += 1
                 if kind == _ADD:
                     node, req = payload
                     if id(req) in self._flights:
                         self._flights[id(req)].added_ns = when
+                        self._touch(node, inclusive=False)
                         node.engine.add(req)
                         self._woken.add(node)
                 elif kind == _KV_READY:
@@ -209,6 +201,7 @@ class Deployment:
                 self._kick(node)
         if until_ns is not None and until_ns > self.now_ns:
             self.now_ns = until_ns
+        self._settle()
         return self.now_ns
 
     def run_until_done(self, handles: Sequence[Request]) -> int:
@@ -222,12 +215,43 @@ class Deployment:
         if node.busy:
             return
         batch = node.engine.schedule(self.now_ns / NS)
-        if batch is not None:
-            node.busy, step_ns = True, max(to_ns(batch.duration_s), 1)
+        if batch is None:
+            return
+        node.busy, durations = True, node.engine.decode_run(batch) if self.decode_runs else None
+        if durations is None:
+            step_ns = max(to_ns(batch.duration_s), 1)
             node.steps, node.busy_ns = node.steps + 1, node.busy_ns + step_ns
-            self._push(self.now_ns + step_ns, _STEP_DONE, (node, batch))
+            self._push(self.now_ns + step_ns, _STEP_DONE, (node, batch), node.index)
+        else:  # decode steps nothing inside the engine changes: one event (sim/runs.py)
+            run = node.run = DecodeRun.start(batch, durations, self.now_ns)
+            node.steps, node.busy_ns = node.steps + run.last, node.busy_ns + run.end_ns - self.now_ns
+            self._push(run.end_ns, _STEP_DONE, (node, run), node.index)
 
-    def _step_done(self, node: Node, batch: Batch) -> None:
+    def _touch(self, node: Node, inclusive: bool) -> None:
+        """An outside event reaches node's engine now: a decode run stops after the step under way."""
+        run = node.run
+        if run is None:
+            return
+        step = run.in_progress(self.now_ns, inclusive)
+        run.apply(node.engine, step - 1, self._flights)
+        if step < run.last:
+            dropped_ns, dropped = run.cut(step)
+            node.busy_ns, node.steps = node.busy_ns - dropped_ns, node.steps - dropped
+            self._push(run.end_ns, _STEP_DONE, (node, run), node.index)
+
+    def _settle(self) -> None:
+        """Before clients look: every decode run's steps over by now are in their handles."""
+        for node in self.nodes:
+            if node.run is not None:
+                node.run.apply(node.engine, node.run.in_progress(self.now_ns, True) - 1, self._flights)
+
+    def _step_done(self, node: Node, step: Batch | DecodeRun) -> None:
+        if isinstance(step, DecodeRun):
+            if node.run is not step or step.end_ns != self.now_ns:
+                return  # a run cut short: its end moved earlier
+            step.apply(node.engine, step.last - 1, self._flights)
+            node.run = None
+        batch = step.final_batch() if isinstance(step, DecodeRun) else step
         node.busy = False
         self._woken.add(node)
         for event in node.engine.complete(batch, self.now_ns / NS):
@@ -255,6 +279,7 @@ class Deployment:
                 return
             self._flights[id(flight.sim)] = flight
             flight.added_ns = self.now_ns
+            self._touch(flight.serving, inclusive=False)
             flight.serving.engine.add(flight.sim)
             self._woken.add(flight.serving)
             return
@@ -281,19 +306,8 @@ class Deployment:
         if finished:
             del self._flights[id(req)]
             handle.done_ns = at
-            handle.meta_info = self._meta(handle, req, at, flight.added_ns)
+            handle.meta_info = meta_info(handle, req, at, flight.added_ns)
             self._answered(flight)
 
     def _answered(self, flight: _Flight) -> None:
         """Called once per request, at the virtual time of its last token (subclasses watch it here)."""
-
-    @staticmethod
-    def _meta(handle: Request, req: SimRequest, at_ns: int, added_ns: int) -> dict[str, Any]:
-        """SGLang's meta_info with --enable-metrics (times in seconds, as SGLang reports them)."""
-        return {
-            "id": handle.rid, "finish_reason": req.finish_reason, "prompt_tokens": req.prompt_len,
-            "completion_tokens": len(req.output_ids), "cached_tokens": req.cached_tokens,
-            "e2e_latency": (at_ns - handle.sent_ns) / NS,
-            "first_token_latency": (handle.token_ns[0] - handle.sent_ns) / NS,
-            "queue_time": max((req.forward_entry_s or 0.0) - added_ns / NS, 0.0),
-        }

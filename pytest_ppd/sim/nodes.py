@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
-from pytest_ppd.sim.engine import Engine
+from pytest_ppd.sim.engine import Engine, SimRequest
 
 NS = 1_000_000_000
 
@@ -63,6 +63,7 @@ class Node:
     busy_ns: int = 0  # the sum of its step times
     kv_tokens_in: int = 0  # KV tokens its link carried in
     slow_prompts: dict[int, float] = field(default_factory=dict)
+    run: Any = None  # the decode run under way (sim/runs.py), if any
 
     def transfer_ns(self, tokens: int) -> int:
         return to_ns(self.cfg.link.transfer_s(tokens * self.cfg.model.kv_bytes_per_token)) + self.bootstrap_ns
@@ -105,3 +106,30 @@ def node_for(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:
                           "use --ppd-backend=sim for fault studies")
     return Node(name, role, cfg, engine, to_ns(profile.request_overhead_s), to_ns(bootstrap_s),
                 slow_prompts=dict(cfg.slow_prompts))
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One request in the deployment: its client handle and its engine-side requests."""
+
+    handle: Request
+    serving: Node  # the engine that streams the answer (colocated or decode)
+    prefill: Node | None = None
+    sim: SimRequest | None = None  # on the serving engine
+    p_sim: SimRequest | None = None  # on the prefill engine
+    prefill_done_ns: int | None = None
+    prefill_result: SimRequest | None = None
+    decode_ready_ns: int | None = None
+    stretch_ns: int | None = None
+    added_ns: int = 0  # when the serving engine got it (after its overhead, or after the KV arrived)
+
+
+def meta_info(handle: Request, req: SimRequest, at_ns: int, added_ns: int) -> dict[str, Any]:
+    """SGLang's meta_info with --enable-metrics (times in seconds, as SGLang reports them)."""
+    return {
+        "id": handle.rid, "finish_reason": req.finish_reason, "prompt_tokens": req.prompt_len,
+        "completion_tokens": len(req.output_ids), "cached_tokens": req.cached_tokens,
+        "e2e_latency": (at_ns - handle.sent_ns) / NS,
+        "first_token_latency": (handle.token_ns[0] - handle.sent_ns) / NS,
+        "queue_time": max((req.forward_entry_s or 0.0) - added_ns / NS, 0.0),
+    }

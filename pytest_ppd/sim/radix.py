@@ -135,19 +135,30 @@ class RadixCache:
 
     def insert(self, ids: Sequence[int]) -> int:
         """Cache ids (page-aligned); returns how many tokens were new."""
+        return self.insert_and_match(ids, touch=False)[0]
+
+    def insert_and_match(self, ids: Sequence[int], touch: bool = True) -> tuple[int, Match]:
+        """Cache ids (page-aligned): (tokens that were new, what ``match_prefix(ids)`` now returns, its
+        path touched when ``touch``) in one walk."""
         if self.disabled:
-            return 0
+            return 0, Match(0, self.root)
         ids = tuple(ids[: self._aligned(len(ids))])
         match = self.match_prefix(ids)
         rest = ids[match.length:]
-        if not rest:
-            return 0
-        leaf = _Node(key=rest, parent=match.node, last_access=next(self._clock))
-        match.node.children[self._page_key(rest)] = leaf
-        self.total_size += len(rest)
-        self.nodes += 1
-        self._candidate(leaf)
-        return len(rest)
+        node = match.node
+        if rest:
+            node = _Node(key=rest, parent=match.node, last_access=next(self._clock))
+            match.node.children[self._page_key(rest)] = node
+            self.total_size += len(rest)
+            self.nodes += 1
+        if touch and node is not self.root:
+            stamp, up = next(self._clock), node
+            while up is not self.root and up is not None:
+                up.last_access = stamp
+                up = up.parent  # type: ignore[assignment]
+        if rest or touch:
+            self._candidate(node)
+        return len(rest), Match(len(ids), node)
 
     def lock(self, node: _Node) -> None:
         """Protect node and its ancestors from eviction (a running request uses them)."""

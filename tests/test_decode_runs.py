@@ -1,0 +1,70 @@
+"""Decode runs (sim/runs.py) change how many events the deployment processes, never what it computes:
+with and without them, every token time, id, meta_info and meter is the same, whatever arrives or leaves
+mid-run and whenever a client looks."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_ppd.sim.costmodel import CostModel, CostProfile
+from pytest_ppd.sim.deployment import Deployment
+from pytest_ppd.specs import gpu_spec, model_spec
+
+BASE = ["--model-path", "Llama-3.1-8B", "--sim-gpu", "H100-SXM"]
+P = BASE + ["--disaggregation-mode", "prefill"]
+D = BASE + ["--disaggregation-mode", "decode"]
+SMALL = BASE + ["--max-total-tokens", "6000", "--cuda-graph-max-bs", "2"]  # evictions, eager decode steps
+
+# (at ms, prompt tokens, new tokens, shares the previous prompt's prefix, abort after ms or None)
+requests = st.lists(st.tuples(st.integers(0, 300), st.integers(1, 1500), st.integers(1, 120), st.booleans(),
+                              st.one_of(st.none(), st.integers(0, 200))), min_size=1, max_size=12)
+
+
+def _play(topology: str, plan, runs: bool, looks: list[int]):
+    dep = {"colocated": lambda: Deployment.from_argvs(colocated=[SMALL]),
+           "two": lambda: Deployment.from_argvs(colocated=[BASE, SMALL]),
+           "pd": lambda: Deployment.from_argvs(prefill=[P], decode=[D])}[topology]()
+    dep.decode_runs = runs
+    handles, seen, prev = [], [], [7]
+    for k, (at, n, new, shared, abort_after) in enumerate(plan):
+        ids = (prev[: n // 2] if shared else []) + [1000 + (k * 7919 + j * 31) % 90000 for j in range(n)]
+        prev = ids
+        h = dep.submit(ids, new, at_ns=max(at * 1_000_000, dep.now_ns))
+        handles.append(h)
+        if abort_after is not None:
+            dep.call_at(h.sent_ns + abort_after * 1_000_000, lambda h=h: dep.abort(h) if not h.done else None)
+    for look in sorted(looks):  # a client reading its streams mid-run (what interference measurement does)
+        dep.run(max(look * 1_000_000, dep.now_ns))
+        seen.append([(len(h.output_ids), tuple(h.token_ns)) for h in handles])
+    dep.run()
+    out = [(h.rid, tuple(h.token_ns), tuple(h.output_ids), h.done_ns, h.error, sorted(h.meta_info.items()))
+           for h in handles]
+    meters = [(n.steps, n.busy_ns, n.kv_tokens_in) for n in dep.nodes]
+    return out, seen, meters, dep.events
+
+
+@pytest.mark.parametrize("topology", ["colocated", "two", "pd"])
+@settings(max_examples=40, deadline=None)
+@given(plan=requests, looks=st.lists(st.integers(0, 600), max_size=3))
+def test_runs_give_what_single_steps_give(topology, plan, looks):
+    stepped = _play(topology, plan, False, looks)
+    ran = _play(topology, plan, True, looks)
+    assert ran[:3] == stepped[:3]
+
+
+def test_a_long_answer_is_a_few_events_not_one_per_token():
+    dep = Deployment.from_argvs(colocated=[BASE])
+    h = dep.submit(list(range(1000, 1500)), 400)
+    dep.run()
+    assert len(h.token_ns) == 400 and dep.events < 10
+
+
+@settings(max_examples=50, deadline=None)
+@given(contexts=st.lists(st.integers(1, 200_000), min_size=1, max_size=300), steps=st.integers(1, 80),
+       model=st.sampled_from(["Llama-3.1-8B", "Llama-3.1-70B", "Qwen3-8B-FP8"]),
+       gpu=st.sampled_from(["H100-SXM", "A100-80GB", "L40S"]), tp=st.sampled_from([1, 2, 4]),
+       eager=st.booleans())
+def test_decode_steps_are_decode_time_bit_for_bit(contexts, steps, model, gpu, tp, eager):
+    cost = CostModel(model_spec(model), gpu_spec(gpu), CostProfile(slowdown=1.25), tp_size=tp)
+    assert cost.decode_steps(contexts, steps, eager) == [cost.decode_time([c + j for c in contexts], eager)
+                                                          for j in range(steps)]
