@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from pytest_ppd.sim.radix import encode
+
 from pytest_ppd.cluster import (BlockTokens, Slo, Study, WorkloadSpec, add_arguments, build, cmd_cluster, generate,
                                 parse_deployment, read_trace, simulate, summarize, workload_spec, write_trace)
 from pytest_ppd.cluster.deployments import Hardware, candidates, engine_config
@@ -124,6 +126,10 @@ def test_shared_hash_ids_are_identical_token_prefixes_and_turns_carry_the_answer
     c = TraceRequest(1400, 4, (5, 6, 9), None, "s", 10)
     assert tokens.turn_ids(c, b, turn, answer)[:1304] == turn + answer  # the spliced conversation goes on
     assert tokens.turn_ids(c, TraceRequest(700, 4, (5, 7), 0), ids_a, answer) == tokens.ids(c)
+    for req, before, sent in ((b, a, ids_a), (c, b, turn), (c, TraceRequest(700, 4, (5, 7), 0), ids_a)):
+        ids, key = tokens.turn(req, before, sent, answer, encode(sent))
+        assert ids == tokens.turn_ids(req, before, sent, answer) and key in (None, encode(ids))  # grown = encoded
+    assert tokens.turn(c, b, turn, answer, encode(turn))[1] is not None
 
 
 def _result(i, ttft_ms, itl_ms, n=11, *, sent_ms=0, error=None):

@@ -200,9 +200,9 @@ class ElasticDeployment(RoutedDeployment):
         return serving, prefill
 
     def submit_turn(self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str, session: str | None = None,
-                    at_ns: int | None = None) -> Request:
+                    at_ns: int | None = None, key: bytes | None = None) -> Request:
         self.window.arrived(len(input_ids))
-        handle = super().submit_turn(input_ids, max_new_tokens, rid=rid, session=session, at_ns=at_ns)
+        handle = super().submit_turn(input_ids, max_new_tokens, rid=rid, session=session, at_ns=at_ns, key=key)
         if handle.done and handle.prefill is not None:  # refused: its prefill engine never got it
             self.held[handle.prefill] -= 1
         return handle

@@ -26,6 +26,7 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig
 from pytest_ppd.sim.deployment import Deployment, _Flight
 from pytest_ppd.sim.nodes import Node, Request
+from pytest_ppd.sim.radix import TOKEN_BYTES
 
 
 class RoutedDeployment(Deployment):
@@ -50,11 +51,11 @@ class RoutedDeployment(Deployment):
         self.in_flight: Counter[str] = Counter()  # engine name -> requests it serves, routed and not answered
 
     def submit_turn(self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str, session: str | None = None,
-                    at_ns: int | None = None) -> Request:
+                    at_ns: int | None = None, key: bytes | None = None) -> Request:
         """submit() for a request of a session (ids in range by construction)."""
         if session is not None:
             self.sessions[rid] = session
-        handle = self.submit(input_ids, max_new_tokens, rid=rid, at_ns=at_ns, check_ids=False)
+        handle = self.submit(input_ids, max_new_tokens, rid=rid, at_ns=at_ns, check_ids=False, key=key)
         self.sessions.pop(rid, None)
         if handle.done and handle.engine is not None:  # refused (or no tokens asked): answered at once
             self.in_flight[handle.engine] -= 1
@@ -71,14 +72,15 @@ class RoutedDeployment(Deployment):
         return sum(len(n.engine.waiting) for n in self.prefill)
 
     def route(self, handle: Request) -> tuple[Node, Node | None]:
-        ids, session = handle.input_ids, self.sessions.get(handle.rid)
+        ids, session = handle.key, self.sessions.get(handle.rid)  # the key: policies walk radix trees
         serving = self.policy.pick(self.colocated or self.decode, ids, session, self.load)
         self.in_flight[serving.name] += 1
         if not self.prefill:
             return serving, None
         if self.rule is not None:
-            cached = serving.engine.cache.match_prefix(ids[:-1]).length  # SGLang never reuses the last token
-            if self.rule.local(len(ids) - cached, self.prefill_queue()):
+            prompt = len(handle.input_ids)  # SGLang never reuses the last token:
+            cached = serving.engine.cache.match_prefix(ids[: (prompt - 1) * TOKEN_BYTES]).length
+            if self.rule.local(prompt - cached, self.prefill_queue()):
                 return serving, None
         return serving, self.prefill_policy.pick(self.prefill, ids, session, self.load)
 

@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Sequence
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.nodes import Node
-from pytest_ppd.sim.radix import RadixCache
+from pytest_ppd.sim.radix import TOKEN_BYTES, RadixCache, encode
 
 Load = Callable[[Node], int]
 
@@ -83,22 +83,22 @@ class CacheAware:
             self.trees[node.name] = RadixCache()
         return self.trees[node.name]
 
-    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node:
-        ids = tuple(ids)  # once: a tree slices a tuple without copying it, a list once per engine
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int] | bytes, session: str | None, load: Load) -> Node:
+        key = encode(ids)  # once, for every tree
         loads = [load(n) for n in nodes]
         if max(loads) - min(loads) > self.balance_abs and max(loads) > self.balance_rel * min(loads):
             node = _least_loaded(nodes, load)
         else:
-            head = ids[:1]  # a tree whose first page differs matches nothing: skip the walk (page size 1)
-            matches = [tree.match_prefix(ids).length if head in tree.root.children else 0
+            head = key[:TOKEN_BYTES]  # a tree whose first page differs matches nothing: skip the walk (page size 1)
+            matches = [tree.match_prefix(key).length if head in tree.root.children else 0
                        for tree in map(self._tree, nodes)]
             best = max(range(len(nodes)), key=lambda i: (matches[i], -loads[i], -i))
-            if matches[best] > self.cache_threshold * len(ids):
+            if matches[best] > self.cache_threshold * (len(key) // TOKEN_BYTES):
                 node = nodes[best]
             else:
                 node = min(nodes, key=lambda n: (self._tree(n).total_size, load(n)))
         tree = self._tree(node)
-        tree.insert(ids)
+        tree.insert(key)
         if tree.total_size > node.cfg.pool_tokens:
             tree.evict(tree.total_size - node.cfg.pool_tokens)
         return node

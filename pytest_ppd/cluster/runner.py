@@ -102,13 +102,13 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
         if req.session_id is not None:
             last_of[req.session_id] = i
     open_: dict[str, tuple[int, Request]] = {}  # rid -> (index, handle) sent and not answered
-    said: dict[int, tuple[list[int], list[int]]] = {}  # index -> (input, answer) its next turn resends
+    said: dict[int, tuple[list[int], list[int], bytes]] = {}  # index -> (input, answer, input's key)
 
     def send(i: int) -> None:
         req = reqs[i]
         before = said.pop(previous[i]) if i in previous else None
-        ids = tokens.turn_ids(req, reqs[previous[i]], *before) if before else tokens.ids(req)
-        h = dep.submit_turn(ids, req.output_length, rid=f"r{i}", session=req.session_id)
+        ids, key = tokens.turn(req, reqs[previous[i]], *before) if before else (tokens.ids(req), None)
+        h = dep.submit_turn(ids, req.output_length, rid=f"r{i}", session=req.session_id, key=key)
         open_[h.rid] = (i, h)
         if h.done:  # refused at once: the session goes on, as a client's would
             answered(h)
@@ -119,7 +119,7 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
         nxt = following.get(i)
         if nxt is not None:
             assert h.done_ns is not None
-            said[i] = (h.input_ids, h.output_ids)
+            said[i] = (h.input_ids, h.output_ids, h.key)
             at = max(h.done_ns + (reqs[nxt].delay_ms or 0) * MS, (reqs[nxt].timestamp_ms or 0) * MS)
             dep.call_at(max(at, dep.now_ns), lambda: send(nxt))
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from pytest_ppd.cluster.workload import BLOCK_TOKENS, Trace, TraceRequest
 from pytest_ppd.errors import ConfigError
+from pytest_ppd.sim.radix import encode
 
 _LOW = 1000  # clear of special ids, as the grid's workloads (client/workload.py)
 _FORMAT = "a Mooncake trace line is {\"timestamp\": ms, \"input_length\": n, \"output_length\": n, \"hash_ids\": [...]}"
@@ -132,7 +133,13 @@ class BlockTokens:
         """A later turn as a chat client sends it: what it sent last turn, the answer it got, then the new
         tokens of the turn's own blocks. A turn whose blocks do not extend the previous turn's (or that is
         too short to hold the conversation) is sent as its blocks say."""
+        return self.turn(req, before, sent, answer)[0]
+
+    def turn(self, req: TraceRequest, before: TraceRequest, sent: Sequence[int], answer: Sequence[int],
+             sent_key: bytes | None = None) -> tuple[list[int], bytes | None]:
+        """turn_ids, and with the key of what was sent (``radix.encode``) the turn's key, grown from it."""
         cut = len(sent) + len(answer)
         if cut > req.input_length or req.hash_ids[: len(before.hash_ids)] != before.hash_ids:
-            return self.ids(req)
-        return [*sent, *answer, *self.ids(req, cut)]
+            return self.ids(req), None
+        new = self.ids(req, cut)
+        return [*sent, *answer, *new], None if sent_key is None else sent_key + encode(answer) + encode(new)

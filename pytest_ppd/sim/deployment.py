@@ -107,13 +107,14 @@ class Deployment:
         return True
 
     def submit(self, input_ids: Sequence[int], max_new_tokens: int, *, at_ns: int | None = None,
-               rid: str | None = None, check_ids: bool = True) -> Request:
+               rid: str | None = None, check_ids: bool = True, key: bytes | None = None) -> Request:
         """Send one request (at ``at_ns``, default now); the router picks its engines. check_ids=False
-        skips the vocabulary check, for clients whose ids are in range by construction."""
+        skips the vocabulary check, for clients whose ids are in range by construction; key: the ids'
+        ``radix.encode``, when the client built it along (a conversation's keys grow turn by turn)."""
         at = self.now_ns if at_ns is None else at_ns
         if at < self.now_ns:
             raise ValueError(f"cannot send at {at} ns: the clock is already at {self.now_ns} ns")
-        handle = Request(rid or f"v{next(self._rids)}", list(input_ids), max_new_tokens, at)
+        handle = Request(rid or f"v{next(self._rids)}", list(input_ids), max_new_tokens, at, _key=key)
         serving, prefill = self.route(handle)
         handle.engine, handle.prefill = serving.name, prefill.name if prefill else None
         problem = refusal(handle, prefill or serving, check_ids)
@@ -127,12 +128,14 @@ class Deployment:
                                 "cached_tokens": 0, "finish_reason": {"type": "length", "length": 0}}
             return handle
         if prefill is not None:
-            flight.p_sim = SimRequest(handle.rid, handle.input_ids, max_new_tokens, arrival_s=at / NS)
+            flight.p_sim = SimRequest(handle.rid, handle.input_ids, max_new_tokens, arrival_s=at / NS,
+                                      _key=handle.key)
             self._flights[id(flight.p_sim)] = flight
             self._push(at + prefill.overhead_ns, _ADD, (prefill, flight.p_sim))
             self._push(at + serving.overhead_ns, _KV_READY, (flight, "decode-ready"))
         else:
-            flight.sim = SimRequest(handle.rid, handle.input_ids, max_new_tokens, arrival_s=at / NS)
+            flight.sim = SimRequest(handle.rid, handle.input_ids, max_new_tokens, arrival_s=at / NS,
+                                    _key=handle.key)
             self._flights[id(flight.sim)] = flight
             self._push(at + serving.overhead_ns, _ADD, (serving, flight.sim))
         return handle
@@ -288,11 +291,11 @@ class Deployment:
         done = flight.prefill_result
         assert done is not None and done.output_ids
         node = flight.serving
-        lacks = done.prompt_len - node.engine.cache.match_prefix(done.input_ids).length  # decode-mode: 0 cached
+        lacks = done.prompt_len - node.engine.cache.match_prefix(done.key).length  # decode-mode: 0 cached
         arrives_ns = node.receive(lacks, self.now_ns)
         flight.sim = SimRequest(flight.handle.rid, flight.handle.input_ids, flight.handle.max_new_tokens,
                                 arrival_s=flight.handle.sent_ns / NS, preset_first_token=done.output_ids[0],
-                                preset_cached_tokens=done.cached_tokens)
+                                preset_cached_tokens=done.cached_tokens, _key=done.key)
         self._push(arrives_ns, _KV_READY, (flight, "kv-arrived"))
 
     def _deliver(self, flight: _Flight, req: SimRequest, new_ids: tuple[int, ...], finished: bool) -> None:

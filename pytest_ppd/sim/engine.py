@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pytest_ppd.sim.costmodel import CostModel, Extend
-from pytest_ppd.sim.radix import RadixCache, _Node
+from pytest_ppd.sim.radix import TOKEN_BYTES, RadixCache, _Node, encode
 
 Mode = Literal["null", "prefill", "decode"]
 
@@ -41,10 +41,18 @@ class SimRequest:
     finished_s: float | None = None
     finish_reason: dict | None = None
     aborted: bool = False
+    _key: bytes | None = field(default=None, repr=False)
 
     @property
     def prompt_len(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def key(self) -> bytes:
+        """The prompt as a radix-cache key, encoded once."""
+        if self._key is None:
+            self._key = encode(self.input_ids)
+        return self._key
 
     @property
     def remaining_reserve(self) -> int:
@@ -161,7 +169,7 @@ class Engine:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             req = self.waiting[0]
-            match = self.cache.match_prefix(req.input_ids[: req.prompt_len - 1])
+            match = self.cache.match_prefix(req.key[: (req.prompt_len - 1) * TOKEN_BYTES])
             self.cache.lock(match.node)
             need = req.prompt_len - match.length + req.max_new_tokens
             if not self._make_room(need):
@@ -273,7 +281,7 @@ class Engine:
         request runs), so a request admitted meanwhile with the same prefix reuses it."""
         if self.mode == "decode" or self.cache.disabled:
             return
-        moved, match = self.cache.insert_and_match(req.input_ids[: req.computed])  # the tree owns them now
+        moved, match = self.cache.insert_and_match(req.key[: req.computed * TOKEN_BYTES])  # the tree owns them now
         req.owned -= moved
         req.budget -= moved  # what it still needs is unchanged
         self.cache.lock(match.node)
@@ -284,7 +292,7 @@ class Engine:
     def _release(self, req: SimRequest, cache_it: bool) -> None:
         if cache_it and self.mode != "decode":
             # The last output token has no KV yet; SGLang caches input + output[:-1].
-            self.cache.insert(req.input_ids + req.output_ids[:-1])
+            self.cache.insert(req.key + encode(req.output_ids[:-1]))
         if req.node is not None:
             self.cache.unlock(req.node)
             req.node = None

@@ -12,6 +12,7 @@ from typing import Any
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
 from pytest_ppd.sim.engine import Engine, SimRequest
+from pytest_ppd.sim.radix import encode
 
 NS = 1_000_000_000
 
@@ -35,6 +36,14 @@ class Request:
     meta_info: dict[str, Any] = field(default_factory=dict)
     prefill: str | None = None  # engine names the router chose
     engine: str | None = None
+    _key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> bytes:
+        """input_ids as a radix-cache key (sim/radix.py), encoded once."""
+        if self._key is None:
+            self._key = encode(self.input_ids)
+        return self._key
 
     @property
     def done(self) -> bool:

@@ -13,32 +13,48 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import struct
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, Union
+
+TOKEN_BYTES = 8  # a key holds token ids as signed 64-bit integers, so prefixes compare as bytes (memcmp)
+Ids = Union[Sequence[int], bytes]  # token ids, or a key from RadixCache.encode
 
 
-def _common_prefix_len(a: tuple[int, ...], b: tuple[int, ...], start: int = 0) -> int:
-    """Length of the common prefix of a and b[start:], by binary search over C-speed tuple-slice compares."""
-    hi = min(len(a), len(b) - start)
-    if hi <= 0 or a[0] != b[start]:
+def encode(ids: Ids) -> bytes:
+    """The key of a sequence of token ids (a key is returned as is): one encoding per prompt, then every
+    walk, slice and comparison is on bytes."""
+    if isinstance(ids, bytes):
+        return ids
+    try:
+        return struct.pack(f"<{len(ids)}q", *ids)
+    except struct.error:
+        raise ValueError("token ids must be integers that fit in 64 bits") from None
+
+
+def _common_prefix_len(a: bytes, b: bytes, start: int, unit: int) -> int:
+    """Bytes of the longest common prefix of a and b[start:], in whole units (a page of token ids), by binary
+    search over memcmp-speed slice compares."""
+    hi = min(len(a), len(b) - start) // unit
+    if hi <= 0 or a[:unit] != b[start:start + unit]:
         return 0
-    if a[:hi] == b[start:start + hi]:
-        return hi
-    lo = 1  # a[:lo] == b[start:start + lo] holds; a[:hi] differs
+    if a[:hi * unit] == b[start:start + hi * unit]:
+        return hi * unit
+    lo = 1  # the first lo units are equal; the first hi differ
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if a[lo:mid] == b[start + lo:start + mid]:
+        if a[lo * unit:mid * unit] == b[start + lo * unit:start + mid * unit]:
             lo = mid
         else:
             hi = mid
-    return lo
+    return lo * unit
 
 
 @dataclass(eq=False)
 class _Node:
-    key: tuple[int, ...] = ()
+    key: bytes = b""  # encode(token ids)
     parent: "_Node | None" = None
-    children: dict[tuple[int, ...], "_Node"] = field(default_factory=dict)
+    children: dict[bytes, "_Node"] = field(default_factory=dict)
     lock_ref: int = 0
     last_access: int = 0
 
@@ -58,6 +74,7 @@ class RadixCache:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self.page_size = page_size
+        self.unit = page_size * TOKEN_BYTES  # a page, in key bytes
         self.disabled = disabled
         self._clock = itertools.count(1)
         self.reset()
@@ -90,23 +107,27 @@ class RadixCache:
         stamp, _, node = entry
         return node.parent is not None and not node.children and node.lock_ref == 0 and node.last_access == stamp
 
-    def _page_key(self, ids: Sequence[int]) -> tuple[int, ...]:
-        return tuple(ids[: self.page_size])
+    def _page_key(self, key: bytes) -> bytes:
+        return key[: self.unit]
 
-    def _aligned(self, n: int) -> int:
-        return n - n % self.page_size
+    def _aligned(self, ids: Ids) -> bytes:
+        key = encode(ids)
+        return key[: len(key) - len(key) % self.unit]
 
-    def match_prefix(self, ids: Sequence[int]) -> Match:
-        """Longest cached, page-aligned prefix of ids; touches the path for LRU."""
+    def match_prefix(self, ids: Ids) -> Match:
+        """Longest cached, page-aligned prefix of ids (token ids, or their key); touches the path for LRU."""
         if self.disabled:
             return Match(0, self.root)
-        ids = tuple(ids[: self._aligned(len(ids))])
-        node, matched, stamp = self.root, 0, next(self._clock)
-        while matched < len(ids):
-            child = node.children.get(ids[matched:matched + self.page_size])
+        key = self._aligned(ids)
+        return self._match(key)
+
+    def _match(self, key: bytes) -> Match:
+        node, matched, stamp, unit = self.root, 0, next(self._clock), self.unit
+        while matched < len(key):
+            child = node.children.get(key[matched:matched + unit])
             if child is None:
                 break
-            common = self._aligned(_common_prefix_len(child.key, ids, matched))
+            common = _common_prefix_len(child.key, key, matched, unit)
             if common == 0:
                 break
             partial = common < len(child.key)
@@ -118,10 +139,10 @@ class RadixCache:
                 break
         if node is not self.root and not node.children:
             self._candidate(node)
-        return Match(matched, node)
+        return Match(matched // TOKEN_BYTES, node)
 
     def _split(self, child: _Node, at: int) -> _Node:
-        """Split child so that its first `at` tokens become a new parent node."""
+        """Split child so that its first `at` key bytes become a new parent node."""
         parent = child.parent
         assert parent is not None
         upper = _Node(key=child.key[:at], parent=parent, lock_ref=child.lock_ref,
@@ -133,23 +154,23 @@ class RadixCache:
         upper.children[self._page_key(child.key)] = child
         return upper
 
-    def insert(self, ids: Sequence[int]) -> int:
+    def insert(self, ids: Ids) -> int:
         """Cache ids (page-aligned); returns how many tokens were new."""
         return self.insert_and_match(ids, touch=False)[0]
 
-    def insert_and_match(self, ids: Sequence[int], touch: bool = True) -> tuple[int, Match]:
+    def insert_and_match(self, ids: Ids, touch: bool = True) -> tuple[int, Match]:
         """Cache ids (page-aligned): (tokens that were new, what ``match_prefix(ids)`` now returns, its
         path touched when ``touch``) in one walk."""
         if self.disabled:
             return 0, Match(0, self.root)
-        ids = tuple(ids[: self._aligned(len(ids))])
-        match = self.match_prefix(ids)
-        rest = ids[match.length:]
-        node = match.node
+        key = self._aligned(ids)
+        match = self._match(key)
+        rest = key[match.length * TOKEN_BYTES:]
+        node, new = match.node, len(rest) // TOKEN_BYTES
         if rest:
             node = _Node(key=rest, parent=match.node, last_access=next(self._clock))
             match.node.children[self._page_key(rest)] = node
-            self.total_size += len(rest)
+            self.total_size += new
             self.nodes += 1
         if touch and node is not self.root:
             stamp, up = next(self._clock), node
@@ -158,13 +179,13 @@ class RadixCache:
                 up = up.parent  # type: ignore[assignment]
         if rest or touch:
             self._candidate(node)
-        return len(rest), Match(len(ids), node)
+        return new, Match(len(key) // TOKEN_BYTES, node)
 
     def lock(self, node: _Node) -> None:
         """Protect node and its ancestors from eviction (a running request uses them)."""
         while node is not self.root and node is not None:
             if node.lock_ref == 0:
-                self.protected_size += len(node.key)
+                self.protected_size += len(node.key) // TOKEN_BYTES
             node.lock_ref += 1
             node = node.parent  # type: ignore[assignment]
 
@@ -175,7 +196,7 @@ class RadixCache:
                 raise RuntimeError("radix cache unlock without a matching lock")
             node.lock_ref -= 1
             if node.lock_ref == 0:
-                self.protected_size -= len(node.key)
+                self.protected_size -= len(node.key) // TOKEN_BYTES
             node = node.parent  # type: ignore[assignment]
         if bottom is not None and bottom.lock_ref == 0:
             self._candidate(bottom)
@@ -192,8 +213,9 @@ class RadixCache:
             assert parent is not None
             del parent.children[self._page_key(node.key)]
             node.parent = None
-            freed += len(node.key)
-            self.total_size -= len(node.key)
+            size = len(node.key) // TOKEN_BYTES
+            freed += size
+            self.total_size -= size
             self.nodes -= 1
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, next(self._seq), parent))
@@ -225,11 +247,12 @@ class RadixCache:
             for key, child in node.children.items():
                 assert child.parent is node, "broken parent link"
                 assert key == self._page_key(child.key), "child keyed by the wrong page"
-                assert len(child.key) > 0 and len(child.key) % self.page_size == 0
+                assert len(child.key) > 0 and len(child.key) % self.unit == 0
                 assert child.lock_ref >= 0
                 assert child.lock_ref <= node.lock_ref or node is self.root, "child locked more than parent"
-                total += len(child.key)
-                protected += len(child.key) if child.lock_ref > 0 else 0
+                size = len(child.key) // TOKEN_BYTES
+                total += size
+                protected += size if child.lock_ref > 0 else 0
                 stack.append(child)
         assert total == self.total_size, (total, self.total_size)
         assert protected == self.protected_size, (protected, self.protected_size)
