@@ -23,7 +23,9 @@ requests = st.lists(st.tuples(st.integers(0, 300), st.integers(1, 1500), st.inte
 def _play(topology: str, plan, runs: bool, looks: list[int]):
     dep = {"colocated": lambda: Deployment.from_argvs(colocated=[SMALL]),
            "two": lambda: Deployment.from_argvs(colocated=[BASE, SMALL]),
-           "pd": lambda: Deployment.from_argvs(prefill=[P], decode=[D])}[topology]()
+           "pd": lambda: Deployment.from_argvs(prefill=[P], decode=[D]),
+           "pd-fair": lambda: Deployment.from_argvs(prefill=[P, P], decode=[D + ["--sim-link-sharing", "fair"]])
+           }[topology]()
     dep.decode_runs = runs
     handles, seen, prev = [], [], [7]
     for k, (at, n, new, shared, abort_after) in enumerate(plan):
@@ -43,7 +45,7 @@ def _play(topology: str, plan, runs: bool, looks: list[int]):
     return out, seen, meters, dep.events
 
 
-@pytest.mark.parametrize("topology", ["colocated", "two", "pd"])
+@pytest.mark.parametrize("topology", ["colocated", "two", "pd", "pd-fair"])
 @settings(max_examples=40, deadline=None)
 @given(plan=requests, looks=st.lists(st.integers(0, 600), max_size=3))
 def test_runs_give_what_single_steps_give(topology, plan, looks):

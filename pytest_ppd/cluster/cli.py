@@ -108,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"(default: {DEFAULT_GPU})")
     parser.add_argument("--link", default=DEFAULT_LINK, help=f"P/D KV link (default: {DEFAULT_LINK})")
+    parser.add_argument("--link-sharing", choices=("fair", "fifo"), default="fair",
+                        help="concurrent KV hand-offs into a decode engine share its link's bandwidth (fair) or "
+                             "queue for it (fifo) (default: fair)")
     parser.add_argument("-o", "--out", type=Path, default=Path("cluster.jsonl"),
                         help="results, one JSON line per row, appended (default: cluster.jsonl)")
 
@@ -156,7 +159,8 @@ def _cluster(args: argparse.Namespace) -> int:
     workload = workload_spec(args.workload, rate=args.rate, arrival=args.arrival, cv=args.cv, seed=args.seed)
     workload = replace(workload, requests=args.requests or (max(1, round(workload.rate * args.duration))
                                                             if args.duration else workload.requests))
-    study = Study(gpus, Slo(args.ttft_slo_ms, args.itl_slo_ms), Hardware(args.model, args.gpu, args.link),
+    hw = Hardware(args.model, args.gpu, args.link, link_sharing=args.link_sharing)
+    study = Study(gpus, Slo(args.ttft_slo_ms, args.itl_slo_ms), hw,
                   policy=args.router, interval_s=args.interval_s, resplit=Resplit(args.drain_s, args.startup_s))
     seeds = list(range(args.seed, args.seed + args.seeds))
     if args.trace is not None and (len(seeds) > 1 or args.report):

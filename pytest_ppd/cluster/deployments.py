@@ -36,6 +36,7 @@ class Hardware:
     gpu: str = DEFAULT_GPU
     link: str = DEFAULT_LINK
     engine_args: tuple[str, ...] = ()
+    link_sharing: str = "fair"  # concurrent hand-offs into a decode engine share its link (sim/links.py)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ def candidates(gpus: int, *, policy: str = "rr", aggregated: bool = True) -> lis
 def engine_config(hw: Hardware, role: str) -> SimConfig:
     """The sim engine a role runs, resolved from the served sim's exact argv (cached: argv parsing is slow)."""
     spec = LaunchSpec(backend="sim", model_path=Path(hw.model), sim_gpu=gpu_spec(hw.gpu).name,
-                      sim_link=link_spec(hw.link).name, extra_engine_args=hw.engine_args)
+                      sim_link=link_spec(hw.link).name,
+                      extra_engine_args=("--sim-link-sharing", hw.link_sharing, *hw.engine_args))
     argv = engine_argv(spec, EngineLaunch(role, 0, bootstrap_port=0 if role == "prefill" else None))
     return resolve(argv[_MODULE_ARGS:])
 

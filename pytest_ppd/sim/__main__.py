@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     ledger = None
     try:
         cfg = resolve(argv)
+        if cfg.args.sim_link_sharing != "fifo":
+            raise ConfigError("--sim-link-sharing fair is modelled in virtual time only (--ppd-backend=virtual, "
+                              "ppd cluster); a served sim moves KV one transfer at a time: drop the flag")
         if cfg.args.sim_gpu_ledger:  # share the GPU: size the pool from what the others left free
             from pytest_ppd.sim.memory import CONTEXT_BYTES, GpuLedger, measure_start
 

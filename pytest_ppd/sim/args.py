@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = p.add_argument_group("simulation (--sim-*)")
     sim.add_argument("--sim-gpu", default=DEFAULT_GPU, help=f"GPU to simulate (default: {DEFAULT_GPU})")
     sim.add_argument("--sim-link", default=DEFAULT_LINK, help=f"P/D KV-transfer link (default: {DEFAULT_LINK})")
+    sim.add_argument("--sim-link-sharing", default="fifo", choices=("fifo", "fair"),
+                     help="concurrent KV transfers into this engine: one at a time (fifo, default) or sharing the "
+                          "link's bandwidth (fair: virtual time only, e.g. ppd cluster)")
     sim.add_argument("--sim-profile", default=None,
                      help="cost profile JSON, dynamo:DIR to interpolate step times from a profile written by "
                           "ppd profile or Dynamo's profiler, or aic:[SYSTEM[:BACKEND[@VERSION]]] for the GPU time "

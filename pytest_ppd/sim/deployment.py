@@ -15,9 +15,9 @@ What a request goes through, as in the served sim (``sim/server.py``, ``sim/pd.p
 - colocated: the engine's per-request overhead (``request_overhead_s``), then its queue and steps;
 - P/D: ``route`` picks one prefill and one decode engine (round robin; a colocated engine as decode can prefill);
   both spend their per-request overhead; decode waits for the prefill to finish, then moves the
-  KV decode lacks over its link (bandwidth + latency, one transfer at a time per link, so
-  concurrent hand-offs queue), plus ``bootstrap_s`` per hand-off; the first decode step emits
-  the token the prefill computed.
+  KV decode lacks over its link (bandwidth + latency, sim/links.py: one transfer at a time, or
+  concurrent ones sharing the bandwidth with --sim-link-sharing fair), plus ``bootstrap_s`` per
+  hand-off; the first decode step emits the token the prefill computed.
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, resolve
 from pytest_ppd.sim.engine import Batch, SimRequest
 from pytest_ppd.sim.nodes import NS, Node, Request, _Flight, meta_info, node_for, refusal, to_ns
+from pytest_ppd.sim.links import KV_READY, LINK, KvLinks
 from pytest_ppd.sim.runs import DecodeRun
 
 __all__ = ["NS", "Deployment", "Node", "Request", "to_ns"]
 
-# Event kinds, in the order they happen when due at the same instant.
-_ADD, _KV_READY, _STEP_DONE, _CALL = 0, 1, 2, 3
+# Event kinds, in the order they happen when due at the same instant (a link's, sim/links.py, last).
+_ADD, _KV_READY, _STEP_DONE, _CALL, _LINK = 0, KV_READY, 2, 3, LINK
 _PLACE = operator.attrgetter("index")
 
 
-class Deployment:
+class Deployment(KvLinks):
     """Engines, links and a router on one virtual clock; see the module docstring."""
 
     decode_runs = True  # False: every decode step is its own event (the same times; tests compare the two)
@@ -195,8 +196,10 @@ class Deployment:
                     self._kv_event(*payload)
                 elif kind == _STEP_DONE:
                     self._step_done(*payload)
-                else:
+                elif kind == _CALL:
                     payload()
+                else:
+                    self._link_event(*payload)
             # Only engines this instant touched can have a batch to start: an engine left idle or busy by
             # every event is where the last look left it (its queues, batch and pool are unchanged).
             woken, self._woken = sorted(self._woken, key=_PLACE), set()
@@ -292,11 +295,10 @@ class Deployment:
         assert done is not None and done.output_ids
         node = flight.serving
         lacks = done.prompt_len - node.engine.cache.match_prefix(done.key).length  # decode-mode: 0 cached
-        arrives_ns = node.receive(lacks, self.now_ns)
         flight.sim = SimRequest(flight.handle.rid, flight.handle.input_ids, flight.handle.max_new_tokens,
                                 arrival_s=flight.handle.sent_ns / NS, preset_first_token=done.output_ids[0],
                                 preset_cached_tokens=done.cached_tokens, _key=done.key)
-        self._push(arrives_ns, _KV_READY, (flight, "kv-arrived"))
+        self._send_kv(node, flight, lacks)
 
     def _deliver(self, flight: _Flight, req: SimRequest, new_ids: tuple[int, ...], finished: bool) -> None:
         handle = flight.handle

@@ -12,6 +12,7 @@ from typing import Any
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
 from pytest_ppd.sim.engine import Engine, SimRequest
+from pytest_ppd.sim.links import SharedLink
 from pytest_ppd.sim.radix import encode
 
 NS = 1_000_000_000
@@ -73,15 +74,11 @@ class Node:
     kv_tokens_in: int = 0  # KV tokens its link carried in
     slow_prompts: dict[int, float] = field(default_factory=dict)
     run: Any = None  # the decode run under way (sim/runs.py), if any
+    shared: SharedLink | None = None  # --sim-link-sharing fair: the link's bandwidth split (sim/links.py)
 
     def transfer_ns(self, tokens: int) -> int:
         return to_ns(self.cfg.link.transfer_s(tokens * self.cfg.model.kv_bytes_per_token)) + self.bootstrap_ns
 
-    def receive(self, tokens: int, now_ns: int) -> int:
-        """Queue the KV of ``tokens`` on the link (one transfer at a time, FIFO); when it has arrived."""
-        self.kv_tokens_in += tokens
-        self.link_free_ns = max(now_ns, self.link_free_ns) + self.transfer_ns(tokens)
-        return self.link_free_ns
 
 
 def refusal(handle: Request, node: Node, check_ids: bool) -> str | None:
@@ -113,8 +110,10 @@ def node_for(name: str, cfg: SimConfig, bootstrap_s: float) -> Node:
     if cfg.faults:
         raise ConfigError("--sim-fault needs served engines: faults are injected into HTTP servers; "
                           "use --ppd-backend=sim for fault studies")
+    shared = (SharedLink(cfg.link.bytes_per_s, to_ns(cfg.link.latency_s) + to_ns(bootstrap_s))
+              if args.sim_link_sharing == "fair" else None)
     return Node(name, role, cfg, engine, to_ns(profile.request_overhead_s), to_ns(bootstrap_s),
-                slow_prompts=dict(cfg.slow_prompts))
+                slow_prompts=dict(cfg.slow_prompts), shared=shared)
 
 
 @dataclass(eq=False)
