@@ -136,6 +136,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             except Exception as exc:  # a report failure must not hide the measurements
                 ppd.note(f"report could not be built ({type(exc).__name__}: {exc}); run `ppd report "
                          f"{ppd.results_dir}` to retry")
+        cluster = ppd.results_dir / "cluster"  # suites/test_cluster.py's per-setup reports, from any worker
+        if cluster.is_dir():
+            from pytest_ppd.cluster.compare import merge_reports
+
+            merged = merge_reports(cluster)
+            if merged is not None:
+                ppd.note(f"cluster report: {merged} (+ comparison.json)")
 
 
 def pytest_report_header(config: pytest.Config) -> str | list[str]:

@@ -109,7 +109,7 @@ def test_a_1p1d_cluster_fed_the_grids_rounds_gives_the_virtual_grids_latencies(b
                 build(DeploymentSpec("pd", 2, 1), Hardware(link_sharing="fifo"))):
         driver, wl = VirtualDriver(dep), Workload(point, model_spec("Llama-3.1-8B").vocab_size)
 
-        async def rounds():
+        async def rounds(driver=driver, wl=wl):
             await driver.warm(wl, point)
             return [await driver.round(wl, point, k, 4) for k in range(3)]
 

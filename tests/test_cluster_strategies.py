@@ -164,3 +164,16 @@ def test_cmd_cluster_report_compares_every_strategy_and_writes_json_and_a_plot(t
     assert _cli("--strategy", "adaptive", "--gpus", "4", "--requests", "24", "--rate", "12", "--profile",
                 str(tmp_path / "profile"), "-o", str(tmp_path / "runs.jsonl")) == 0
     assert json.loads((tmp_path / "runs.jsonl").read_text())["strategy"] == "adaptive"
+
+
+def test_per_setup_reports_from_any_worker_merge_into_one(tmp_path):
+    from pytest_ppd.cluster.compare import merge_reports
+
+    assert merge_reports(tmp_path) is None
+    for setup in ("large", "small"):  # as two xdist workers leave them
+        (tmp_path / f"comparison-{setup}.json").write_text(json.dumps([{"setup": setup, "table": [f"{setup} table"]}]))
+    report = merge_reports(tmp_path)
+    assert report is not None and [e["setup"] for e in json.loads((tmp_path / "comparison.json").read_text())] \
+        == ["small", "large"]
+    text = report.read_text()
+    assert text.index("small table") < text.index("large table") and "cluster_strategies-large.png" in text

@@ -139,3 +139,22 @@ def write_report(comparisons: Sequence[Comparison], out_dir: Path, suffix: str =
     data = [{**c.to_json(), "table": c.table()} for c in comparisons]
     path.write_text(json.dumps(data, indent=1, default=float) + "\n")
     return [path, plot_strategies(comparisons, out_dir / f"cluster_strategies{suffix}.png")]
+
+
+def merge_reports(out_dir: Path) -> Path | None:
+    """One report from the per-setup ones in out_dir (each test may have run on another xdist worker):
+    comparison.json (every setup, in SETUPS order) and report.md (their tables and plots); None: no parts."""
+    parts = sorted(out_dir.glob("comparison-*.json"))
+    if not parts:
+        return None
+    order = {name: i for i, name in enumerate(SETUPS)}
+    data = sorted((entry for p in parts for entry in json.loads(p.read_text())),
+                  key=lambda e: (order.get(e.get("setup"), len(order)), str(e.get("setup"))))
+    (out_dir / "comparison.json").write_text(json.dumps(data, indent=1) + "\n")
+    lines = ["# P:D strategies in virtual time", ""]
+    for entry in data:
+        setup = entry["setup"]
+        lines += ["```", *entry["table"], "```", "", f"![{setup}](cluster_strategies-{setup}.png)", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report
