@@ -32,16 +32,16 @@ from pytest_ppd.sim.args import SimConfig, resolve
 from pytest_ppd.sim.engine import Batch, SimRequest
 from pytest_ppd.sim.nodes import NS, Node, Request, _Flight, meta_info, node_for, refusal, to_ns
 from pytest_ppd.sim.links import KV_READY, LINK, KvLinks
-from pytest_ppd.sim.runs import DecodeRun
+from pytest_ppd.sim.runs import STEP_DONE, DecodeRun, DecodeRuns, decode_run
 
 __all__ = ["NS", "Deployment", "Node", "Request", "to_ns"]
 
 # Event kinds, in the order they happen when due at the same instant (a link's, sim/links.py, last).
-_ADD, _KV_READY, _STEP_DONE, _CALL, _LINK = 0, KV_READY, 2, 3, LINK
+_ADD, _KV_READY, _STEP_DONE, _CALL, _LINK = 0, KV_READY, STEP_DONE, 3, LINK
 _PLACE = operator.attrgetter("index")
 
 
-class Deployment(KvLinks):
+class Deployment(KvLinks, DecodeRuns):
     """Engines, links and a router on one virtual clock; see the module docstring."""
 
     decode_runs = True  # False: every decode step is its own event (the same times; tests compare the two)
@@ -223,33 +223,13 @@ class Deployment(KvLinks):
         batch = node.engine.schedule(self.now_ns / NS)
         if batch is None:
             return
-        node.busy, durations = True, node.engine.decode_run(batch) if self.decode_runs else None
+        node.busy, durations = True, decode_run(node.engine, batch) if self.decode_runs else None
         if durations is None:
             step_ns = max(to_ns(batch.duration_s), 1)
             node.steps, node.busy_ns = node.steps + 1, node.busy_ns + step_ns
             self._push(self.now_ns + step_ns, _STEP_DONE, (node, batch), node.index)
         else:  # decode steps nothing inside the engine changes: one event (sim/runs.py)
-            run = node.run = DecodeRun.start(batch, durations, self.now_ns)
-            node.steps, node.busy_ns = node.steps + run.last, node.busy_ns + run.end_ns - self.now_ns
-            self._push(run.end_ns, _STEP_DONE, (node, run), node.index)
-
-    def _touch(self, node: Node, inclusive: bool) -> None:
-        """An outside event reaches node's engine now: a decode run stops after the step under way."""
-        run = node.run
-        if run is None:
-            return
-        step = run.in_progress(self.now_ns, inclusive)
-        run.apply(node.engine, step - 1, self._flights)
-        if step < run.last:
-            dropped_ns, dropped = run.cut(step)
-            node.busy_ns, node.steps = node.busy_ns - dropped_ns, node.steps - dropped
-            self._push(run.end_ns, _STEP_DONE, (node, run), node.index)
-
-    def _settle(self) -> None:
-        """Before clients look: every decode run's steps over by now are in their handles."""
-        for node in self.nodes:
-            if node.run is not None:
-                node.run.apply(node.engine, node.run.in_progress(self.now_ns, True) - 1, self._flights)
+            self._start_run(node, batch, durations)
 
     def _step_done(self, node: Node, step: Batch | DecodeRun) -> None:
         if isinstance(step, DecodeRun):

@@ -213,36 +213,6 @@ class Engine:
         eager = self.graph_max_bs is not None and len(items) > self.graph_max_bs
         return Batch("decode", items, self.cost.decode_time(contexts, eager=eager))
 
-    # -- decode runs: steps nothing inside the engine can change (virtual time's fast path) ----------
-    def decode_run(self, batch: Batch) -> list[float] | None:
-        """Step times of the decode steps ``batch`` starts, up to the first that finishes a request, when
-        only an outside event can change them: nothing waits, and every request in it is past its first
-        token. None when that does not hold or the run is one step."""
-        if (batch.kind != "decode" or self.waiting or self.prefilled or self.chunking is not None
-                or self.mode == "prefill" or not all(r.output_ids for r, _ in batch.items)):
-            return None
-        steps = min(r.max_new_tokens - len(r.output_ids) for r, _ in batch.items)
-        if steps < 2:
-            return None
-        eager = self.graph_max_bs is not None and len(batch.items) > self.graph_max_bs
-        return self.cost.decode_steps([r.prompt_len + len(r.output_ids) for r, _ in batch.items], steps, eager)
-
-    def advance(self, batch: Batch, steps: int) -> list[list[int]]:
-        """Apply ``steps`` steps of a decode run that finish no request: their tokens, and the slot each
-        request's next step allocates (what complete + schedule do step by step); new ids per item."""
-        out: list[list[int]] = []
-        for req, _ in batch.items:
-            if req.aborted:
-                out.append([])
-                continue
-            base = (req.input_ids[-1] if req.input_ids else 0) * 1103515245 + 12345
-            first = len(req.output_ids) + 1
-            ids = [(base + 2654435761 * i) % self.vocab for i in range(first, first + steps)]
-            req.output_ids += ids
-            req.owned += steps
-            out.append(ids)
-        return out
-
     # -- completion --------------------------------------------------------
     def _next_token(self, req: SimRequest) -> int:
         seed = req.input_ids[-1] if req.input_ids else 0

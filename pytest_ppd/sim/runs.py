@@ -7,7 +7,7 @@ run short when an outside event reaches the engine, after the step then under wa
 have seen at that step's end). Times, tokens and pool accounting are those of stepping one at a time,
 bit for bit; only the events in between are never created.
 
-    run = DecodeRun.start(batch, engine.decode_run(batch), now_ns)
+    run = DecodeRun.start(batch, decode_run(engine, batch), now_ns)
     run.apply(engine, run.in_progress(now_ns, inclusive=True) - 1, flights)   # steps over by now
 """
 
@@ -19,7 +19,40 @@ from itertools import accumulate
 from typing import Any
 
 from pytest_ppd.sim.engine import Batch, Engine
-from pytest_ppd.sim.nodes import NS
+from pytest_ppd.sim.nodes import NS, Node
+
+STEP_DONE = 2  # the deployment's event kind (sim/deployment.py)
+
+
+def decode_run(engine: Engine, batch: Batch) -> list[float] | None:
+    """Step times of the decode steps ``batch`` starts, up to the first that finishes a request, when only an
+    outside event can change them: nothing waits, and every request in it is past its first token. None when
+    that does not hold or the run is one step."""
+    if (batch.kind != "decode" or engine.waiting or engine.prefilled or engine.chunking is not None
+            or engine.mode == "prefill" or not all(r.output_ids for r, _ in batch.items)):
+        return None
+    steps = min(r.max_new_tokens - len(r.output_ids) for r, _ in batch.items)
+    if steps < 2:
+        return None
+    eager = engine.graph_max_bs is not None and len(batch.items) > engine.graph_max_bs
+    return engine.cost.decode_steps([r.prompt_len + len(r.output_ids) for r, _ in batch.items], steps, eager)
+
+
+def advance(engine: Engine, batch: Batch, steps: int) -> list[list[int]]:
+    """Apply ``steps`` steps of a decode run that finish no request: their tokens, and the slot each
+    request's next step allocates (what complete + schedule do step by step); new ids per item."""
+    out: list[list[int]] = []
+    for req, _ in batch.items:
+        if req.aborted:
+            out.append([])
+            continue
+        base = (req.input_ids[-1] if req.input_ids else 0) * 1103515245 + 12345  # Engine._next_token's
+        first = len(req.output_ids) + 1
+        ids = [(base + 2654435761 * i) % engine.vocab for i in range(first, first + steps)]
+        req.output_ids += ids
+        req.owned += steps
+        out.append(ids)
+    return out
 
 
 @dataclass(eq=False)
@@ -63,7 +96,7 @@ class DecodeRun:
         if upto <= self.applied:
             return
         times = self.ends_ns[self.applied:upto]
-        for (req, _), ids in zip(self.batch.items, engine.advance(self.batch, upto - self.applied)):
+        for (req, _), ids in zip(self.batch.items, advance(engine, self.batch, upto - self.applied)):
             flight = flights.get(id(req))
             if flight is None or not ids:
                 continue
@@ -71,3 +104,37 @@ class DecodeRun:
             handle.token_ns += times if not stretch else [t + stretch for t in times]
             handle.output_ids += ids
         self.applied = upto
+
+
+class DecodeRuns:
+    """Mixed into Deployment: start, cut short and settle each engine's decode run."""
+
+    now_ns: int
+    nodes: list[Node]
+    _flights: dict[int, Any]
+
+    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0) -> None:
+        raise NotImplementedError  # Deployment's
+
+    def _start_run(self, node: Node, batch: Batch, durations: list[float]) -> None:
+        run = node.run = DecodeRun.start(batch, durations, self.now_ns)
+        node.steps, node.busy_ns = node.steps + run.last, node.busy_ns + run.end_ns - self.now_ns
+        self._push(run.end_ns, STEP_DONE, (node, run), node.index)
+
+    def _touch(self, node: Node, inclusive: bool) -> None:
+        """An outside event reaches node's engine now: a decode run stops after the step under way."""
+        run = node.run
+        if run is None:
+            return
+        step = run.in_progress(self.now_ns, inclusive)
+        run.apply(node.engine, step - 1, self._flights)
+        if step < run.last:
+            dropped_ns, dropped = run.cut(step)
+            node.busy_ns, node.steps = node.busy_ns - dropped_ns, node.steps - dropped
+            self._push(run.end_ns, STEP_DONE, (node, run), node.index)
+
+    def _settle(self) -> None:
+        """Before clients look: every decode run's steps over by now are in their handles."""
+        for node in self.nodes:
+            if node.run is not None:
+                node.run.apply(node.engine, node.run.in_progress(self.now_ns, True) - 1, self._flights)
