@@ -85,13 +85,14 @@ class RadixCache:
         self.total_size = 0
         self.protected_size = 0
         self.nodes = 0
-        # Eviction candidates, kept as they change instead of collected per eviction: (last_access, seq, node)
-        # for every unlocked leaf, plus stale entries that _evictable() skips (touched, locked, grown or gone).
+        # Eviction candidates, kept as they change instead of collected per eviction: (stamp, seq, node) with
+        # stamp <= the node's last_access, at least one for every unlocked leaf. A touch does not push: evict()
+        # re-enters an entry whose node was touched since (lazy LRU), and skips the ones no longer leaves.
         self._lru: list[tuple[int, int, _Node]] = []
         self._seq = itertools.count()
 
     def _candidate(self, node: _Node) -> None:
-        """node may have become an unlocked leaf, or been touched as one: (re)enter it in the LRU heap."""
+        """node may have become an unlocked leaf: enter it in the LRU heap."""
         if not node.children and node.lock_ref == 0 and node is not self.root:
             heapq.heappush(self._lru, (node.last_access, next(self._seq), node))
             if len(self._lru) > 4 * self.nodes + 64:
@@ -101,11 +102,6 @@ class RadixCache:
         """Rebuild the heap from the tree when stale entries outnumber live ones."""
         self._lru = [(n.last_access, next(self._seq), n) for n in self._leaves() if n.lock_ref == 0]
         heapq.heapify(self._lru)
-
-    @staticmethod
-    def _evictable(entry: tuple[int, int, _Node]) -> bool:
-        stamp, _, node = entry
-        return node.parent is not None and not node.children and node.lock_ref == 0 and node.last_access == stamp
 
     def _page_key(self, key: bytes) -> bytes:
         return key[: self.unit]
@@ -137,8 +133,6 @@ class RadixCache:
             node, matched = child, matched + common
             if partial:
                 break
-        if node is not self.root and not node.children:
-            self._candidate(node)
         return Match(matched // TOKEN_BYTES, node)
 
     def _split(self, child: _Node, at: int) -> _Node:
@@ -177,7 +171,7 @@ class RadixCache:
             while up is not self.root and up is not None:
                 up.last_access = stamp
                 up = up.parent  # type: ignore[assignment]
-        if rest or touch:
+        if rest:
             self._candidate(node)
         return new, Match(len(key) // TOKEN_BYTES, node)
 
@@ -205,10 +199,12 @@ class RadixCache:
         """Free at least num_tokens from least-recently-used unlocked leaves; returns tokens freed."""
         freed, heap = 0, self._lru
         while freed < num_tokens and heap:
-            entry = heapq.heappop(heap)
-            if not self._evictable(entry):
+            stamp, _, node = heapq.heappop(heap)
+            if node.parent is None or node.children or node.lock_ref:
+                continue  # gone, grown, or locked (an unlock enters it again)
+            if stamp != node.last_access:  # touched since it was entered: enter it again at its stamp
+                heapq.heappush(heap, (node.last_access, next(self._seq), node))
                 continue
-            node = entry[2]
             parent = node.parent
             assert parent is not None
             del parent.children[self._page_key(node.key)]
