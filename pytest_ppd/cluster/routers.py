@@ -86,17 +86,19 @@ class CacheAware:
     def pick(self, nodes: Sequence[Node], ids: Sequence[int] | bytes, session: str | None, load: Load) -> Node:
         key = encode(ids)  # once, for every tree
         loads = [load(n) for n in nodes]
-        if max(loads) - min(loads) > self.balance_abs and max(loads) > self.balance_rel * min(loads):
-            node = _least_loaded(nodes, load)
+        trees = [self._tree(n) for n in nodes]
+        low, high = min(loads), max(loads)
+        if high - low > self.balance_abs and high > self.balance_rel * low:
+            node = nodes[loads.index(low)]  # the least loaded; ties: the first
         else:
             head = key[:TOKEN_BYTES]  # a tree whose first page differs matches nothing: skip the walk (page size 1)
-            matches = [tree.match_prefix(key).length if head in tree.root.children else 0
-                       for tree in map(self._tree, nodes)]
-            best = max(range(len(nodes)), key=lambda i: (matches[i], -loads[i], -i))
-            if matches[best] > self.cache_threshold * (len(key) // TOKEN_BYTES):
-                node = nodes[best]
+            walked = [(tree.match_prefix(key).length, -loads[i], -i) for i, tree in enumerate(trees)
+                      if head in tree.root.children]
+            best = max(walked, default=(0, 0, 0))  # the longest match; ties: the least loaded, then the first
+            if best[0] > self.cache_threshold * (len(key) // TOKEN_BYTES):
+                node = nodes[-best[2]]
             else:
-                node = min(nodes, key=lambda n: (self._tree(n).total_size, load(n)))
+                node = nodes[min(range(len(nodes)), key=lambda i: (trees[i].total_size, loads[i]))]
         tree = self._tree(node)
         tree.insert(key)
         if tree.total_size > node.cfg.pool_tokens:

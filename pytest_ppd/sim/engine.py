@@ -111,14 +111,14 @@ class Engine:
         return self.cache.total_size + self.owned_tokens
 
     def _free_after_reserve(self) -> int:
-        reserve = sum(r.remaining_reserve for r in self.running)
-        return self.pool_tokens - self.used_tokens - reserve
+        # used + reserved, per request: owned + max(budget - owned, 0) = max(budget, owned), in one pass
+        return self.pool_tokens - self.cache.total_size - sum(max(r.budget, r.owned) for r in self.running)
 
     def _make_room(self, need: int) -> bool:
-        short = need - self._free_after_reserve()
-        if short > 0:
-            self.cache.evict(short)
-        return self._free_after_reserve() >= need
+        free = self._free_after_reserve()
+        if need > free:
+            free += self.cache.evict(need - free)  # what it frees is the cache's only
+        return free >= need
 
     # -- intake ----------------------------------------------------------
     def add(self, req: SimRequest) -> None:
