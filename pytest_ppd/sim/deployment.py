@@ -235,12 +235,17 @@ class Deployment(KvLinks, DecodeRuns):
         if isinstance(step, DecodeRun):
             if node.run is not step or step.end_ns != self.now_ns:
                 return  # a run cut short: its end moved earlier
-            step.apply(node.engine, step.last - 1, self._flights)
-            node.run = None
-        batch = step.final_batch() if isinstance(step, DecodeRun) else step
+            node.run, node.busy = None, False
+            self._woken.add(node)
+            for req in step.finish(node.engine, self._flights, self.now_ns / NS):  # every token already in
+                flight = self._flights.get(id(req))
+                if flight is not None:
+                    assert flight.stretch_ns is not None
+                    self._done(flight, req, self.now_ns + flight.stretch_ns)
+            return
         node.busy = False
         self._woken.add(node)
-        for event in node.engine.complete(batch, self.now_ns / NS):
+        for event in node.engine.complete(step, self.now_ns / NS):
             flight = self._flights.get(id(event.req))
             if flight is None:
                 continue
@@ -289,10 +294,13 @@ class Deployment(KvLinks, DecodeRuns):
         handle.token_ns.extend([at] * len(new_ids))
         handle.output_ids.extend(new_ids)
         if finished:
-            del self._flights[id(req)]
-            handle.done_ns = at
-            handle.meta_info = meta_info(handle, req, at, flight.added_ns)
-            self._answered(flight)
+            self._done(flight, req, at)
+
+    def _done(self, flight: _Flight, req: SimRequest, at: int) -> None:
+        del self._flights[id(req)]
+        flight.handle.done_ns = at
+        flight.handle.meta_info = meta_info(flight.handle, req, at, flight.added_ns)
+        self._answered(flight)
 
     def _answered(self, flight: _Flight) -> None:
         """Called once per request, at the virtual time of its last token (subclasses watch it here)."""

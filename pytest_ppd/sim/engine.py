@@ -240,11 +240,15 @@ class Engine:
                 req.first_token_s = now
             done = len(req.output_ids) >= req.max_new_tokens or self.mode == "prefill"
             if done:
-                req.finished_s = now
-                req.finish_reason = {"type": "length", "length": req.max_new_tokens}
-                self._release(req, cache_it=True)
+                self.finish(req, now)
             events.append(Event(req, (token,), done))
         return events
+
+    def finish(self, req: SimRequest, now: float) -> None:
+        """req has all its tokens: it leaves the batch, its prompt and answer enter the cache."""
+        req.finished_s = now
+        req.finish_reason = {"type": "length", "length": req.max_new_tokens}
+        self._release(req, cache_it=True)
 
     def _cache_unfinished(self, req: SimRequest) -> None:
         """SGLang's cache_unfinished_req: each prefilled chunk enters the radix tree at once (locked while the

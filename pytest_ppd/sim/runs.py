@@ -9,6 +9,7 @@ bit for bit; only the events in between are never created.
 
     run = DecodeRun.start(batch, decode_run(engine, batch), now_ns)
     run.apply(engine, run.in_progress(now_ns, inclusive=True) - 1, flights)   # steps over by now
+    run.finish(engine, flights, now_s)        # at its end: the requests it finished
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def decode_run(engine: Engine, batch: Batch) -> list[float] | None:
     return engine.cost.decode_steps([r.prompt_len + len(r.output_ids) for r, _ in batch.items], steps, eager)
 
 
-def advance(engine: Engine, batch: Batch, steps: int) -> list[list[int]]:
-    """Apply ``steps`` steps of a decode run that finish no request: their tokens, and the slot each
-    request's next step allocates (what complete + schedule do step by step); new ids per item."""
+def advance(engine: Engine, batch: Batch, steps: int, reserve: bool = True) -> list[list[int]]:
+    """Apply ``steps`` steps of a decode run: their tokens, and the slot each request's next step allocates
+    (what complete + schedule do step by step; reserve=False: the last step is the run's, no next step
+    follows it); new ids per item."""
     out: list[list[int]] = []
     for req, _ in batch.items:
         if req.aborted:
@@ -50,7 +52,7 @@ def advance(engine: Engine, batch: Batch, steps: int) -> list[list[int]]:
         first = len(req.output_ids) + 1
         ids = [(base + 2654435761 * i) % engine.vocab for i in range(first, first + steps)]
         req.output_ids += ids
-        req.owned += steps
+        req.owned += steps if reserve else steps - 1
         out.append(ids)
     return out
 
@@ -86,17 +88,23 @@ class DecodeRun:
         self.last = step
         return dropped
 
-    def final_batch(self) -> Batch:
-        """The last step as a plain batch, to complete as any other (it finishes requests)."""
-        return Batch("decode", self.batch.items, self.durations[self.last - 1])
+    def finish(self, engine: Engine, flights: dict[int, Any], now_s: float) -> list[Any]:
+        """The run's end: every step applied (the last allocates no next slot), then the requests that have
+        all their tokens finished in the engine, in batch order; those requests."""
+        self.apply(engine, self.last, flights, final=True)
+        done = [r for r, _ in self.batch.items if not r.aborted and len(r.output_ids) >= r.max_new_tokens]
+        for req in done:
+            engine.finish(req, now_s)
+        return done
 
-    def apply(self, engine: Engine, upto: int, flights: dict[int, Any]) -> None:
-        """Apply steps applied+1..upto (none finishes a request) to the engine and to each request's
-        handle (flights: id(SimRequest) -> flight with .handle and .stretch_ns), as steps one at a time would."""
+    def apply(self, engine: Engine, upto: int, flights: dict[int, Any], final: bool = False) -> None:
+        """Apply steps applied+1..upto (none but the run's last, when final, finishes a request) to the engine
+        and to each request's handle (flights: id(SimRequest) -> flight with .handle and .stretch_ns), as
+        steps one at a time would."""
         if upto <= self.applied:
             return
         times = self.ends_ns[self.applied:upto]
-        for (req, _), ids in zip(self.batch.items, advance(engine, self.batch, upto - self.applied)):
+        for (req, _), ids in zip(self.batch.items, advance(engine, self.batch, upto - self.applied, not final)):
             flight = flights.get(id(req))
             if flight is None or not ids:
                 continue
