@@ -2,7 +2,7 @@
 
 Between two events that reach an engine (a request added, a request finished) its decode steps are
 fixed: the same requests, each context one token longer per step. The deployment asks the engine for
-all of them at once (``Engine.decode_run``), schedules one event at the end of the last, and cuts the
+all of them at once (``decode_run``), schedules one event at the end of the last, and cuts the
 run short when an outside event reaches the engine, after the step then under way (what the engine would
 have seen at that step's end). Times, tokens and pool accounting are those of stepping one at a time,
 bit for bit; only the events in between are never created.
