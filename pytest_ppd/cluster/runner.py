@@ -154,7 +154,7 @@ def replay_run(dep: RoutedDeployment, trace: Trace, label: str, gpus: int, *, sa
                started: float | None = None) -> Run:
     """Replay the trace on a fresh deployment (its planner, if any, already scheduled) and collect the run."""
     started = time.perf_counter() if started is None else started
-    tokens = BlockTokens(dep.nodes[0].cfg.model.vocab_size, block_tokens=trace.block_tokens, salt=salt)
+    tokens = BlockTokens.shared(dep.nodes[0].cfg.model.vocab_size, block_tokens=trace.block_tokens, salt=salt)
     results = replay(dep, trace, tokens)
     sent = [r.sent_ns for r in results if r.error is None or r.last_ns is not None]
     ends = [r.last_ns for r in results if r.last_ns is not None]

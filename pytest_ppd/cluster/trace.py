@@ -13,6 +13,7 @@ on the later ones.
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,19 +105,39 @@ def read_trace(path: str | Path, *, name: str | None = None) -> Trace:
 
 class BlockTokens:
     """Token ids for hash ids: block ``h`` is the same 512 ids wherever it appears, so shared ids are a
-    shared prefix in the radix cache; ids are drawn in [1000, vocab - 1), seeded by (salt, h)."""
+    shared prefix in the radix cache; ids are drawn in [1000, vocab - 1), seeded by (salt, h).
+
+    Blocks are kept (packed, 8 bytes a token) up to ``MEMO`` of them, the oldest made forgotten first: a
+    later turn asks again for its conversation's last block soon after it was made, and a search that
+    replays one trace many times (``shared``) draws each block once."""
+
+    MEMO = 16384  # blocks kept: 64 MiB of 512-token blocks
+    _shared: dict[tuple[int, int, int], "BlockTokens"] = {}
 
     def __init__(self, vocab_size: int, *, block_tokens: int = BLOCK_TOKENS, salt: int = 0) -> None:
         if vocab_size <= 2 * _LOW:
             raise ConfigError(f"vocabulary of {vocab_size} ids is too small for trace blocks (> {2 * _LOW})")
         self.vocab, self.block_tokens, self.salt = vocab_size, block_tokens, salt
-        self._blocks: dict[int, tuple[int, ...]] = {}  # tuples: the garbage collector skips them once seen
+        self._blocks: dict[int, array] = {}
 
-    def block(self, h: int) -> tuple[int, ...]:
+    @classmethod
+    def shared(cls, vocab_size: int, *, block_tokens: int = BLOCK_TOKENS, salt: int = 0) -> "BlockTokens":
+        """One instance per (vocabulary, block size, salt) in this process (a few at most)."""
+        key = (vocab_size, block_tokens, salt)
+        if key not in cls._shared:
+            if len(cls._shared) >= 4:
+                cls._shared.pop(next(iter(cls._shared)))
+            cls._shared[key] = cls(vocab_size, block_tokens=block_tokens, salt=salt)
+        return cls._shared[key]
+
+    def block(self, h: int) -> array:
         ids = self._blocks.get(h)
         if ids is None:
             rng = np.random.default_rng([self.salt, h])
-            ids = self._blocks[h] = tuple(rng.integers(_LOW, self.vocab - 1, self.block_tokens).tolist())
+            ids = array("q", rng.integers(_LOW, self.vocab - 1, self.block_tokens, dtype=np.int64).tobytes())
+            if len(self._blocks) >= self.MEMO:
+                del self._blocks[next(iter(self._blocks))]
+            self._blocks[h] = ids
         return ids
 
     def ids(self, req: TraceRequest, start: int = 0) -> list[int]:
