@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from pytest_ppd.sim.costmodel import CostModel, CostProfile
 from pytest_ppd.sim.deployment import Deployment
+from pytest_ppd.roofline import attention_flops
 from pytest_ppd.specs import gpu_spec, model_spec
 
 BASE = ["--model-path", "Llama-3.1-8B", "--sim-gpu", "H100-SXM"]
@@ -68,5 +69,14 @@ def test_a_long_answer_is_a_few_events_not_one_per_token():
        eager=st.booleans())
 def test_decode_steps_are_decode_time_bit_for_bit(contexts, steps, model, gpu, tp, eager):
     cost = CostModel(model_spec(model), gpu_spec(gpu), CostProfile(slowdown=1.25), tp_size=tp)
-    assert cost.decode_steps(contexts, steps, eager) == [cost.decode_time([c + j for c in contexts], eager)
-                                                          for j in range(steps)]
+    p, spec = cost.profile, cost.model
+
+    def reference(ctx):  # the roofline summed request by request, as decode_time once computed it
+        f_attn = sum(attention_flops(spec, 1, c) for c in ctx)
+        b_kv = (sum(ctx) + len(ctx)) * spec.kv_bytes_per_token
+        c0 = p.c0_decode_s + (p.eager_decode_s if eager else 0.0)
+        return (c0 + cost._gpu_s(len(ctx), len(ctx), f_attn, b_kv, p.eta_w_decode)) * p.slowdown
+
+    expected = [reference([c + j for c in contexts]) for j in range(steps)]
+    assert cost.decode_steps(contexts, steps, eager) == expected
+    assert [cost.decode_time([c + j for c in contexts], eager) for j in range(steps)] == expected

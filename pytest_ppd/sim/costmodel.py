@@ -184,8 +184,13 @@ class CostModel:
         c0 = self.profile.c0_decode_s + (self.profile.eager_decode_s if eager else 0.0)
         if not contexts:
             return c0 * self.profile.slowdown
-        f_attn = sum(attention_flops(self.model, 1, c) for c in contexts)
-        b_kv = (sum(contexts) + len(contexts)) * self.model.kv_bytes_per_token
+        tokens = sum(contexts) + len(contexts)  # the contexts, plus each request's own new token
+        per_token = attention_flops(self.model, 1, 0)
+        if per_token.is_integer() and per_token * tokens < 2 ** 53:  # each term whole: their float sum is exact
+            f_attn = per_token * tokens
+        else:
+            f_attn = sum(attention_flops(self.model, 1, c) for c in contexts)
+        b_kv = tokens * self.model.kv_bytes_per_token
         gpu = self._gpu_s(len(contexts), len(contexts), f_attn, b_kv, self.profile.eta_w_decode)
         return (c0 + gpu) * self.profile.slowdown
 
