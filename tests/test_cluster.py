@@ -127,9 +127,10 @@ def test_shared_hash_ids_are_identical_token_prefixes_and_turns_carry_the_answer
     assert tokens.turn_ids(c, b, turn, answer)[:1304] == turn + answer  # the spliced conversation goes on
     assert tokens.turn_ids(c, TraceRequest(700, 4, (5, 7), 0), ids_a, answer) == tokens.ids(c)
     for req, before, sent in ((b, a, ids_a), (c, b, turn), (c, TraceRequest(700, 4, (5, 7), 0), ids_a)):
-        ids, key = tokens.turn(req, before, sent, answer, encode(sent))
-        assert ids == tokens.turn_ids(req, before, sent, answer) and key in (None, encode(ids))  # grown = encoded
-    assert tokens.turn(c, b, turn, answer, encode(turn))[1] is not None
+        for sent_key in (encode(sent), None):  # grown from the key sent, or encoded: the same key, ids its view
+            ids, key = tokens.turn(req, before, sent, answer, sent_key)
+            assert list(ids) == tokens.turn_ids(req, before, sent, answer) and key == encode(list(ids))
+    assert tokens.key(b) == encode(ids_b) and tokens.key(b, 600) == encode(ids_b[600:])
 
 
 def _result(i, ttft_ms, itl_ms, n=11, *, sent_ms=0, error=None):

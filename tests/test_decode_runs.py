@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from pytest_ppd.sim.costmodel import CostModel, CostProfile
 from pytest_ppd.sim.deployment import Deployment
+from pytest_ppd.sim.nodes import NS
+from pytest_ppd.sim.runs import DecodeRun
 from pytest_ppd.roofline import attention_flops
 from pytest_ppd.specs import gpu_spec, model_spec
 
@@ -80,3 +82,15 @@ def test_decode_steps_are_decode_time_bit_for_bit(contexts, steps, model, gpu, t
     expected = [reference([c + j for c in contexts]) for j in range(steps)]
     assert cost.decode_steps(contexts, steps, eager) == expected
     assert [cost.decode_time([c + j for c in contexts], eager) for j in range(steps)] == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(durations=st.lists(st.floats(0.0, 0.5, allow_nan=False), min_size=1, max_size=80),
+       now=st.integers(0, 10 ** 15))
+def test_a_runs_step_ends_are_the_rounded_sums_of_its_steps(durations, now):
+    """Long runs take their ends from arrays, short ones from a loop: both are this, to the nanosecond."""
+    ends, expected = DecodeRun.start(None, durations, now).ends_ns, []  # type: ignore[arg-type]
+    for d in durations:
+        now += max(int(round(d * NS)), 1)
+        expected.append(now)
+    assert ends == expected and all(type(e) is int for e in ends)

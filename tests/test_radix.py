@@ -1,9 +1,10 @@
 """The radix prefix cache keeps its sizes, matches and locks consistent."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_ppd.sim.radix import RadixCache
+from pytest_ppd.sim.radix import RadixCache, encode, ids_view
 from tests.strategies import cache_ops, token_seqs
 
 
@@ -137,3 +138,12 @@ def test_incremental_lru_evicts_what_a_full_scan_would(ops, page_size):
             else:
                 assert freed == 0
         cache.check_invariants()
+
+
+@given(token_seqs)
+def test_a_keys_view_is_its_ids_without_a_copy(ids):
+    key = encode(ids)
+    view = ids_view(key)
+    assert list(view) == list(ids) and len(view) == len(ids) and (not ids or view[-1] == ids[-1])
+    with pytest.raises(TypeError):
+        view[0:1] = [0]  # type: ignore[index]

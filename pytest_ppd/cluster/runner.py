@@ -13,12 +13,14 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from pytest_ppd.cluster.deployments import DeploymentSpec, Hardware, build
 from pytest_ppd.cluster.routed import RoutedDeployment
 from pytest_ppd.cluster.trace import BlockTokens
 from pytest_ppd.cluster.workload import Trace
 from pytest_ppd.sim.nodes import Request
+from pytest_ppd.sim.radix import ids_view
 
 MS = 1_000_000  # ns
 
@@ -102,12 +104,16 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
         if req.session_id is not None:
             last_of[req.session_id] = i
     open_: dict[str, tuple[int, Request]] = {}  # rid -> (index, handle) sent and not answered
-    said: dict[int, tuple[list[int], list[int], bytes]] = {}  # index -> (input, answer, input's key)
+    said: dict[int, tuple[Sequence[int], list[int], bytes]] = {}  # index -> (input, answer, input's key)
 
     def send(i: int) -> None:
         req = reqs[i]
         before = said.pop(previous[i]) if i in previous else None
-        ids, key = tokens.turn(req, reqs[previous[i]], *before) if before else (tokens.ids(req), None)
+        if before:
+            ids, key = tokens.turn(req, reqs[previous[i]], *before)
+        else:
+            key = tokens.key(req)
+            ids = ids_view(key)
         h = dep.submit_turn(ids, req.output_length, rid=f"r{i}", session=req.session_id, key=key)
         open_[h.rid] = (i, h)
         if h.done:  # refused at once: the session goes on, as a client's would

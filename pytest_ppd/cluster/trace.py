@@ -13,7 +13,6 @@ on the later ones.
 from __future__ import annotations
 
 import json
-from array import array
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from pytest_ppd.cluster.workload import BLOCK_TOKENS, Trace, TraceRequest
 from pytest_ppd.errors import ConfigError
-from pytest_ppd.sim.radix import encode
+from pytest_ppd.sim.radix import TOKEN_BYTES, encode, ids_view
 
 _LOW = 1000  # clear of special ids, as the grid's workloads (client/workload.py)
 _FORMAT = "a Mooncake trace line is {\"timestamp\": ms, \"input_length\": n, \"output_length\": n, \"hash_ids\": [...]}"
@@ -118,7 +117,7 @@ class BlockTokens:
         if vocab_size <= 2 * _LOW:
             raise ConfigError(f"vocabulary of {vocab_size} ids is too small for trace blocks (> {2 * _LOW})")
         self.vocab, self.block_tokens, self.salt = vocab_size, block_tokens, salt
-        self._blocks: dict[int, array] = {}
+        self._blocks: dict[int, bytes] = {}
 
     @classmethod
     def shared(cls, vocab_size: int, *, block_tokens: int = BLOCK_TOKENS, salt: int = 0) -> "BlockTokens":
@@ -130,37 +129,48 @@ class BlockTokens:
             cls._shared[key] = cls(vocab_size, block_tokens=block_tokens, salt=salt)
         return cls._shared[key]
 
-    def block(self, h: int) -> array:
+    def _block(self, h: int) -> bytes:
+        """Block h's ids as key bytes (``radix.encode``)."""
         ids = self._blocks.get(h)
         if ids is None:
             rng = np.random.default_rng([self.salt, h])
-            ids = array("q", rng.integers(_LOW, self.vocab - 1, self.block_tokens, dtype=np.int64).tobytes())
+            ids = rng.integers(_LOW, self.vocab - 1, self.block_tokens, dtype=np.int64).astype("<i8").tobytes()
             if len(self._blocks) >= self.MEMO:
                 del self._blocks[next(iter(self._blocks))]
             self._blocks[h] = ids
         return ids
 
+    def block(self, h: int) -> Sequence[int]:
+        """Block h's token ids."""
+        return ids_view(self._block(h))
+
+    def key(self, req: TraceRequest, start: int = 0) -> bytes:
+        """``radix.encode(self.ids(req, start))``, joined from the blocks' bytes (no ids are made)."""
+        bt, size = self.block_tokens, TOKEN_BYTES
+        first, need = start // bt, -(-req.input_length // bt)
+        joined = b"".join([self._block(h) for h in req.hash_ids[first:need]])
+        return joined[(start - first * bt) * size: (req.input_length - first * bt) * size]
+
     def ids(self, req: TraceRequest, start: int = 0) -> list[int]:
         """The request's exact input ids from ``start`` on: its blocks, the last one cut to input_length."""
-        bt = self.block_tokens
-        first, need = start // bt, -(-req.input_length // bt)
-        out: list[int] = []
-        for h in req.hash_ids[first:need]:
-            out += self.block(h)
-        return out[start - first * bt: req.input_length - first * bt]
+        return list(ids_view(self.key(req, start)))
 
     def turn_ids(self, req: TraceRequest, before: TraceRequest, sent: Sequence[int],
                  answer: Sequence[int]) -> list[int]:
         """A later turn as a chat client sends it: what it sent last turn, the answer it got, then the new
         tokens of the turn's own blocks. A turn whose blocks do not extend the previous turn's (or that is
         too short to hold the conversation) is sent as its blocks say."""
-        return self.turn(req, before, sent, answer)[0]
+        return list(self.turn(req, before, sent, answer)[0])
 
     def turn(self, req: TraceRequest, before: TraceRequest, sent: Sequence[int], answer: Sequence[int],
-             sent_key: bytes | None = None) -> tuple[list[int], bytes | None]:
-        """turn_ids, and with the key of what was sent (``radix.encode``) the turn's key, grown from it."""
+             sent_key: bytes | None = None) -> tuple[Sequence[int], bytes]:
+        """turn_ids and its key; with the key of what was sent, the turn's key is grown from it and its ids are
+        a view of the key (``radix.ids_view``: no ids copied)."""
         cut = len(sent) + len(answer)
         if cut > req.input_length or req.hash_ids[: len(before.hash_ids)] != before.hash_ids:
-            return self.ids(req), None
-        new = self.ids(req, cut)
-        return [*sent, *answer, *new], None if sent_key is None else sent_key + encode(answer) + encode(new)
+            key = self.key(req)
+        elif sent_key is None:
+            key = encode(sent) + encode(answer) + self.key(req, cut)
+        else:
+            key = sent_key + encode(answer) + self.key(req, cut)
+        return ids_view(key), key

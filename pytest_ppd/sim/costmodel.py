@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.roofline import attention_flops, bound_s, gemm_peak_flops
 from pytest_ppd.sglang_defaults import ATTENTION_BACKEND
@@ -127,6 +129,9 @@ class Extend:
     host_s: float = 0.0  # wall time the serving host already spent on it before the engine saw it
 
 
+VECTOR_STEPS = 24  # decode runs this long compute their step times as arrays (shorter ones: a loop is faster)
+
+
 class CostModel:
     """Maps a batch (extend chunks or decode contexts) to its step time."""
 
@@ -209,7 +214,14 @@ class CostModel:
         # _gpu_s(n, n, ...) of each step, its terms in the same order: the linear layers do not change
         linear, allreduce = self._linear_s(n, n, p.eta_w_decode), self._allreduce_s
         flops_den, bytes_den = p.eta_attn * g.peak_flops, p.eta_kv * g.hbm_bytes_per_s
-        out = []
+        last = total + n * steps  # the largest token count below
+        if steps >= VECTOR_STEPS and isinstance(kv, int) and last * kv < 2 ** 53:
+            # The same operations in the same order on float64 arrays (IEEE: the same results), the token
+            # counts and byte counts exact as floats.
+            counts = np.arange(total + n, last + n, n, dtype=np.int64)[:steps]
+            attns = np.maximum(per_token * counts / tp / flops_den, counts * kv / tp / bytes_den)
+            return ((c0 + (linear + attns + allreduce)) * slowdown).tolist()  # type: ignore[no-any-return]
+        out: list[float] = []
         for tokens in range(total + n, total + n + n * steps, n):  # the contexts, plus each new token
             attn = max(per_token * tokens / tp / flops_den, tokens * kv / tp / bytes_den)
             out.append((c0 + (linear + attn + allreduce)) * slowdown)

@@ -111,11 +111,13 @@ class Deployment(KvLinks, DecodeRuns):
                rid: str | None = None, check_ids: bool = True, key: bytes | None = None) -> Request:
         """Send one request (at ``at_ns``, default now); the router picks its engines. check_ids=False
         skips the vocabulary check, for clients whose ids are in range by construction; key: the ids'
-        ``radix.encode``, when the client built it along (a conversation's keys grow turn by turn)."""
+        ``radix.encode``, when the client built it along (a conversation's keys grow turn by turn); ids
+        given as a read-only view (``radix.ids_view(key)``) are kept as they are, other ids copied."""
         at = self.now_ns if at_ns is None else at_ns
         if at < self.now_ns:
             raise ValueError(f"cannot send at {at} ns: the clock is already at {self.now_ns} ns")
-        handle = Request(rid or f"v{next(self._rids)}", list(input_ids), max_new_tokens, at, _key=key)
+        ids = input_ids if isinstance(input_ids, memoryview) and input_ids.readonly else list(input_ids)
+        handle = Request(rid or f"v{next(self._rids)}", ids, max_new_tokens, at, _key=key)
         serving, prefill = self.route(handle)
         handle.engine, handle.prefill = serving.name, prefill.name if prefill else None
         problem = refusal(handle, prefill or serving, check_ids)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 from pytest_ppd.sim.costmodel import CostModel, Extend
 from pytest_ppd.sim.radix import TOKEN_BYTES, RadixCache, _Node, encode
@@ -23,7 +23,7 @@ class SimRequest:
     """One generate request as the engine tracks it; times are on the driver's clock (s)."""
 
     rid: str
-    input_ids: list[int]
+    input_ids: Sequence[int]  # a list, or a read-only view of the key (radix.ids_view)
     max_new_tokens: int
     arrival_s: float
     preset_first_token: int | None = None  # decode side of P/D: computed by the prefill engine

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, engine_for, profile_for
@@ -27,7 +27,7 @@ class Request:
     """A client's view of one request: exact ids in, token times and SGLang's meta_info out."""
 
     rid: str
-    input_ids: list[int]
+    input_ids: Sequence[int]  # a list, or a read-only view of the key (radix.ids_view)
     max_new_tokens: int
     sent_ns: int
     token_ns: list[int] = field(default_factory=list)  # when each output token reached the client

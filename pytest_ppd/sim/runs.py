@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
+import numpy as np
+
+from pytest_ppd.sim.costmodel import VECTOR_STEPS
 from pytest_ppd.sim.engine import Batch, Engine
 from pytest_ppd.sim.nodes import NS, Node
 
 STEP_DONE = 2  # the deployment's event kind (sim/deployment.py)
+_STRIDE = 2654435761  # Engine._next_token's step between a request's successive tokens
 
 
 def decode_run(engine: Engine, batch: Batch) -> list[float] | None:
@@ -44,13 +48,15 @@ def advance(engine: Engine, batch: Batch, steps: int, reserve: bool = True) -> l
     (what complete + schedule do step by step; reserve=False: the last step is the run's, no next step
     follows it); new ids per item."""
     out: list[list[int]] = []
+    vocab = engine.vocab
     for req, _ in batch.items:
         if req.aborted:
             out.append([])
             continue
-        base = (req.input_ids[-1] if req.input_ids else 0) * 1103515245 + 12345  # Engine._next_token's
-        first = len(req.output_ids) + 1
-        ids = [(base + 2654435761 * i) % engine.vocab for i in range(first, first + steps)]
+        # Engine._next_token's (seed * 1103515245 + 12345 + 2654435761 * i) % vocab, i = the token's number
+        seed = req.input_ids[-1] if req.input_ids else 0
+        first = seed * 1103515245 + 12345 + _STRIDE * (len(req.output_ids) + 1)
+        ids = [x % vocab for x in range(first, first + _STRIDE * steps, _STRIDE)]
         req.output_ids += ids
         req.owned += steps if reserve else steps - 1
         out.append(ids)
@@ -69,7 +75,10 @@ class DecodeRun:
 
     @classmethod
     def start(cls, batch: Batch, durations: list[float], now_ns: int) -> "DecodeRun":
-        ends = list(accumulate([max(int(round(d * NS)), 1) for d in durations], initial=now_ns))[1:]
+        if len(durations) >= VECTOR_STEPS:  # as the loop, on arrays: round half to even, at least 1 ns a step
+            ends = (np.cumsum(np.maximum(np.rint(np.asarray(durations) * NS), 1).astype(np.int64)) + now_ns).tolist()
+        else:
+            ends = list(accumulate([max(int(round(d * NS)), 1) for d in durations], initial=now_ns))[1:]
         return cls(batch, durations, ends, len(ends))
 
     @property
