@@ -147,3 +147,31 @@ def test_a_keys_view_is_its_ids_without_a_copy(ids):
     assert list(view) == list(ids) and len(view) == len(ids) and (not ids or view[-1] == ids[-1])
     with pytest.raises(TypeError):
         view[0:1] = [0]  # type: ignore[index]
+
+
+def _dump(node) -> tuple:
+    return (node.key, node.last_access, node.lock_ref, tuple(_dump(c) for _, c in sorted(node.children.items())))
+
+
+@given(cache_ops, token_seqs, token_seqs, st.booleans())
+def test_a_walk_from_a_locked_node_is_the_walk_from_the_root(ops, prompt, tail, touch):
+    """insert_and_match(start=a locked match) leaves the tree, its LRU stamps and its answer as a root walk would,
+    whatever happened to the tree since the match (the engine walks on from a request's node this way)."""
+    trees = []
+    for use_start in (False, True):
+        cache = RadixCache()
+        cache.insert(prompt[: len(prompt) // 2])
+        m = cache.match_prefix(prompt)
+        cache.lock(m.node)
+        for op, arg in ops:  # other requests come and go meanwhile
+            if op == "insert":
+                cache.insert(arg)
+            elif op in ("match", "lock"):
+                cache.match_prefix(arg)
+            elif op == "evict":
+                cache.evict(arg)
+        ids = prompt[: m.length] + tail
+        new, got = cache.insert_and_match(ids, touch=touch, start=m if use_start else None)
+        cache.check_invariants()
+        trees.append((new, got.length, _dump(cache.root)))
+    assert trees[0] == trees[1]

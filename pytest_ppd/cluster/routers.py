@@ -88,19 +88,21 @@ class CacheAware:
         loads = [load(n) for n in nodes]
         trees = [self._tree(n) for n in nodes]
         low, high = min(loads), max(loads)
+        start = None
         if high - low > self.balance_abs and high > self.balance_rel * low:
             node = nodes[loads.index(low)]  # the least loaded; ties: the first
         else:
             head = key[:TOKEN_BYTES]  # a tree whose first page differs matches nothing: skip the walk (page size 1)
-            walked = [(tree.match_prefix(key).length, -loads[i], -i) for i, tree in enumerate(trees)
-                      if head in tree.root.children]
-            best = max(walked, default=(0, 0, 0))  # the longest match; ties: the least loaded, then the first
+            matches = {i: tree.match_prefix(key) for i, tree in enumerate(trees) if head in tree.root.children}
+            # the longest match; ties: the least loaded, then the first
+            best = max(((m.length, -loads[i], -i) for i, m in matches.items()), default=(0, 0, 0))
             if best[0] > self.cache_threshold * (len(key) // TOKEN_BYTES):
-                node = nodes[-best[2]]
+                chosen = -best[2]
             else:
-                node = nodes[min(range(len(nodes)), key=lambda i: (trees[i].total_size, loads[i]))]
+                chosen = min(range(len(nodes)), key=lambda i: (trees[i].total_size, loads[i]))
+            node, start = nodes[chosen], matches.get(chosen)
         tree = self._tree(node)
-        tree.insert(key)
+        tree.insert(key, start)  # from where its walk ended (the tree is unchanged since)
         if tree.total_size > node.cfg.pool_tokens:
             tree.evict(tree.total_size - node.cfg.pool_tokens)
         return node

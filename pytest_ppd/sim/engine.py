@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from pytest_ppd.sim.costmodel import CostModel, Extend
-from pytest_ppd.sim.radix import TOKEN_BYTES, RadixCache, _Node, encode
+from pytest_ppd.sim.radix import TOKEN_BYTES, Match, RadixCache, _Node, encode
 
 Mode = Literal["null", "prefill", "decode"]
 
@@ -34,7 +34,8 @@ class SimRequest:
     output_ids: list[int] = field(default_factory=list)
     owned: int = 0  # pool tokens held outside the radix tree
     budget: int = 0  # pool tokens it may come to own (set at admission)
-    node: _Node | None = None
+    node: _Node | None = None  # its locked radix node, whose path spells its first node_len prompt tokens
+    node_len: int = 0
     forward_entry_s: float | None = None
     first_token_s: float | None = None
     prefill_finished_s: float | None = None
@@ -176,7 +177,8 @@ class Engine:
                 self.cache.unlock(match.node)
                 break  # head-of-line waits for memory, like SGLang's FCFS
             self.waiting.popleft()
-            req.node, req.cached_tokens, req.computed = match.node, match.length, match.length
+            req.node, req.node_len = match.node, match.length
+            req.cached_tokens, req.computed = match.length, match.length
             req.budget = need
             req.forward_entry_s = now
             self.running.append(req)
@@ -255,18 +257,20 @@ class Engine:
         request runs), so a request admitted meanwhile with the same prefix reuses it."""
         if self.mode == "decode" or self.cache.disabled:
             return
-        moved, match = self.cache.insert_and_match(req.key[: req.computed * TOKEN_BYTES])  # the tree owns them now
+        start = Match(req.node_len, req.node) if req.node is not None else None  # walk on from its node
+        moved, match = self.cache.insert_and_match(req.key[: req.computed * TOKEN_BYTES], start=start)  # the tree's
         req.owned -= moved
         req.budget -= moved  # what it still needs is unchanged
         self.cache.lock(match.node)
         if req.node is not None:
             self.cache.unlock(req.node)
-        req.node = match.node
+        req.node, req.node_len = match.node, match.length
 
     def _release(self, req: SimRequest, cache_it: bool) -> None:
         if cache_it and self.mode != "decode":
             # The last output token has no KV yet; SGLang caches input + output[:-1].
-            self.cache.insert(req.key + encode(req.output_ids[:-1]))
+            start = Match(req.node_len, req.node) if req.node is not None else None
+            self.cache.insert(req.key + encode(req.output_ids[:-1]), start)
         if req.node is not None:
             self.cache.unlock(req.node)
             req.node = None

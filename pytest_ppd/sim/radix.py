@@ -120,8 +120,16 @@ class RadixCache:
         key = self._aligned(ids)
         return self._match(key)
 
-    def _match(self, key: bytes) -> Match:
+    def _match(self, key: bytes, start: Match | None = None) -> Match:
         node, matched, stamp, unit, end = self.root, 0, next(self._clock), self.unit, len(key)
+        if start is not None and start.node.parent is not None:
+            # start.node's path spells key[:start.length] (a locked node keeps it: it is split above, never
+            # evicted): a walk from the root would cross it whole, so stamp it as that walk would, then go on.
+            node, matched = start.node, start.length * TOKEN_BYTES
+            while node is not self.root:
+                node.last_access = stamp
+                node = node.parent  # type: ignore[assignment]
+            node = start.node
         while matched < end:
             child = node.children.get(key[matched:matched + unit])
             if child is None:
@@ -152,17 +160,18 @@ class RadixCache:
         upper.children[self._page_key(child.key)] = child
         return upper
 
-    def insert(self, ids: Ids) -> int:
-        """Cache ids (page-aligned); returns how many tokens were new."""
-        return self.insert_and_match(ids, touch=False)[0]
+    def insert(self, ids: Ids, start: Match | None = None) -> int:
+        """Cache ids (page-aligned); returns how many tokens were new. start: see insert_and_match."""
+        return self.insert_and_match(ids, touch=False, start=start)[0]
 
-    def insert_and_match(self, ids: Ids, touch: bool = True) -> tuple[int, Match]:
+    def insert_and_match(self, ids: Ids, touch: bool = True, start: Match | None = None) -> tuple[int, Match]:
         """Cache ids (page-aligned): (tokens that were new, what ``match_prefix(ids)`` now returns, its
-        path touched when ``touch``) in one walk."""
+        path touched when ``touch``) in one walk. start: a match of a prefix of ids whose node is locked
+        since (or unchanged): the walk starts there instead of at the root, with the same result."""
         if self.disabled:
             return 0, Match(0, self.root)
         key = self._aligned(ids)
-        match = self._match(key)
+        match = self._match(key, start)
         rest = key[match.length * TOKEN_BYTES:]
         node, new = match.node, len(rest) // TOKEN_BYTES
         if rest:
