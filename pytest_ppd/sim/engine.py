@@ -43,6 +43,7 @@ class SimRequest:
     finish_reason: dict | None = None
     aborted: bool = False
     _key: bytes | None = field(default=None, repr=False)
+    _base: int | None = field(default=None, repr=False)
 
     @property
     def prompt_len(self) -> int:
@@ -54,6 +55,13 @@ class SimRequest:
         if self._key is None:
             self._key = encode(self.input_ids)
         return self._key
+
+    @property
+    def token_base(self) -> int:
+        """Its output ids are (token_base + 2654435761 i) % vocab, i = 1, 2, ... (a deterministic stand-in)."""
+        if self._base is None:
+            self._base = (self.input_ids[-1] if self.input_ids else 0) * 1103515245 + 12345
+        return self._base
 
     @property
     def remaining_reserve(self) -> int:
@@ -217,8 +225,7 @@ class Engine:
 
     # -- completion --------------------------------------------------------
     def _next_token(self, req: SimRequest) -> int:
-        seed = req.input_ids[-1] if req.input_ids else 0
-        return (seed * 1103515245 + 12345 + 2654435761 * (len(req.output_ids) + 1)) % self.vocab
+        return (req.token_base + 2654435761 * (len(req.output_ids) + 1)) % self.vocab
 
     def complete(self, batch: Batch, now: float) -> list[Event]:
         """Apply a finished batch; returns one event per request that produced tokens."""

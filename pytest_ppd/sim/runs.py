@@ -26,7 +26,7 @@ from pytest_ppd.sim.engine import Batch, Engine
 from pytest_ppd.sim.nodes import NS, Node
 
 STEP_DONE = 2  # the deployment's event kind (sim/deployment.py)
-_STRIDE = 2654435761  # Engine._next_token's step between a request's successive tokens
+_STRIDE = 2654435761  # Engine._next_token's step from one of a request's tokens to the next
 
 
 def decode_run(engine: Engine, batch: Batch) -> list[float] | None:
@@ -41,26 +41,6 @@ def decode_run(engine: Engine, batch: Batch) -> list[float] | None:
         return None
     eager = engine.graph_max_bs is not None and len(batch.items) > engine.graph_max_bs
     return engine.cost.decode_steps([r.prompt_len + len(r.output_ids) for r, _ in batch.items], steps, eager)
-
-
-def advance(engine: Engine, batch: Batch, steps: int, reserve: bool = True) -> list[list[int]]:
-    """Apply ``steps`` steps of a decode run: their tokens, and the slot each request's next step allocates
-    (what complete + schedule do step by step; reserve=False: the last step is the run's, no next step
-    follows it); new ids per item."""
-    out: list[list[int]] = []
-    vocab = engine.vocab
-    for req, _ in batch.items:
-        if req.aborted:
-            out.append([])
-            continue
-        # Engine._next_token's (seed * 1103515245 + 12345 + 2654435761 * i) % vocab, i = the token's number
-        seed = req.input_ids[-1] if req.input_ids else 0
-        first = seed * 1103515245 + 12345 + _STRIDE * (len(req.output_ids) + 1)
-        ids = [x % vocab for x in range(first, first + _STRIDE * steps, _STRIDE)]
-        req.output_ids += ids
-        req.owned += steps if reserve else steps - 1
-        out.append(ids)
-    return out
 
 
 @dataclass(eq=False)
@@ -112,14 +92,20 @@ class DecodeRun:
         steps one at a time would."""
         if upto <= self.applied:
             return
-        times = self.ends_ns[self.applied:upto]
-        for (req, _), ids in zip(self.batch.items, advance(engine, self.batch, upto - self.applied, not final)):
-            flight = flights.get(id(req))
-            if flight is None or not ids:
+        steps, times, vocab = upto - self.applied, self.ends_ns[self.applied:upto], engine.vocab
+        owns, span = steps - 1 if final else steps, _STRIDE * steps  # a step allocates its next one's slot
+        for req, _ in self.batch.items:
+            if req.aborted:
                 continue
-            handle, stretch = flight.handle, flight.stretch_ns
-            handle.token_ns += times if not stretch else [t + stretch for t in times]
-            handle.output_ids += ids
+            first = req.token_base + _STRIDE * (len(req.output_ids) + 1)  # Engine._next_token's, stepped
+            ids = [x % vocab for x in range(first, first + span, _STRIDE)]
+            req.output_ids += ids
+            req.owned += owns
+            flight = flights.get(id(req))
+            if flight is not None:
+                handle, stretch = flight.handle, flight.stretch_ns
+                handle.token_ns += times if not stretch else [t + stretch for t in times]
+                handle.output_ids += ids
         self.applied = upto
 
 
