@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from functools import cached_property, partial
+from typing import Callable, Literal, Sequence
 
 from pytest_ppd.sim.costmodel import CostModel, Extend
 from pytest_ppd.sim.radix import TOKEN_BYTES, Match, RadixCache, _Node, encode
@@ -44,10 +45,10 @@ class SimRequest:
     aborted: bool = False
     _key: bytes | None = field(default=None, repr=False)
     _base: int | None = field(default=None, repr=False)
+    prompt_len: int = field(init=False, repr=False)
 
-    @property
-    def prompt_len(self) -> int:
-        return len(self.input_ids)
+    def __post_init__(self) -> None:
+        self.prompt_len = len(self.input_ids)  # read at every step: an attribute, not a property
 
     @property
     def key(self) -> bytes:
@@ -73,7 +74,12 @@ class SimRequest:
 class Batch:
     kind: Literal["extend", "decode"]
     items: tuple[tuple[SimRequest, int], ...]  # (request, tokens computed for it)
-    duration_s: float
+    step_time: Callable[[], float] = field(repr=False, compare=False)  # its cost model's, asked once
+
+    @cached_property
+    def duration_s(self) -> float:
+        """The step's time (a virtual deployment that times a decode run as a whole never asks)."""
+        return self.step_time()
 
 
 @dataclass(frozen=True)
@@ -199,7 +205,7 @@ class Engine:
         if not items:
             return None
         self.chunking = next((r for r, n in items if r.computed + n < r.prompt_len), None)
-        return Batch("extend", tuple(items), self.cost.extend_time(chunks))
+        return Batch("extend", tuple(items), partial(self.cost.extend_time, chunks))
 
     def _schedule_decode(self, now: float) -> Batch | None:
         while self.prefilled and len(self.running) < self.max_running:
@@ -221,7 +227,7 @@ class Engine:
         for req, _ in items:
             req.owned += 1 if req.output_ids else 0
         eager = self.graph_max_bs is not None and len(items) > self.graph_max_bs
-        return Batch("decode", items, self.cost.decode_time(contexts, eager=eager))
+        return Batch("decode", items, partial(self.cost.decode_time, contexts, eager))
 
     # -- completion --------------------------------------------------------
     def _next_token(self, req: SimRequest) -> int:
