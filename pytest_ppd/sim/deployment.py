@@ -138,7 +138,7 @@ class Deployment(KvLinks, DecodeRuns):
             self._push(at + serving.overhead_ns, _KV_READY, (flight, "decode-ready"))
         else:
             flight.sim = SimRequest(handle.rid, handle.input_ids, max_new_tokens, arrival_s=at / NS,
-                                    _key=handle.key)
+                                    output_ids=handle.output_ids, _key=handle.key)  # one list: the engine's
             self._flights[id(flight.sim)] = flight
             self._push(at + serving.overhead_ns, _ADD, (serving, flight.sim))
         return handle
@@ -260,7 +260,6 @@ class Deployment(KvLinks, DecodeRuns):
                 self._deliver(flight, event.req, event.new_ids, event.finished)
             else:  # a token mid-stream, the most frequent event of all: inline
                 flight.handle.token_ns += [self.now_ns + flight.stretch_ns] * len(event.new_ids)
-                flight.handle.output_ids += event.new_ids
 
     def _kv_event(self, flight: _Flight, what: str) -> None:
         """P/D hand-off: once decode is ready and prefill done, move the KV decode lacks, then decode."""
@@ -284,7 +283,8 @@ class Deployment(KvLinks, DecodeRuns):
         lacks = done.prompt_len - node.engine.cache.match_prefix(done.key).length  # decode-mode: 0 cached
         flight.sim = SimRequest(flight.handle.rid, flight.handle.input_ids, flight.handle.max_new_tokens,
                                 arrival_s=flight.handle.sent_ns / NS, preset_first_token=done.output_ids[0],
-                                preset_cached_tokens=done.cached_tokens, _key=done.key)
+                                preset_cached_tokens=done.cached_tokens, output_ids=flight.handle.output_ids,
+                                _key=done.key)
         self._send_kv(node, flight, lacks)
 
     def _deliver(self, flight: _Flight, req: SimRequest, new_ids: tuple[int, ...], finished: bool) -> None:
@@ -293,8 +293,7 @@ class Deployment(KvLinks, DecodeRuns):
             factor = flight.serving.slow_prompts.get(req.prompt_len, 1.0)
             flight.stretch_ns = int(round((factor - 1.0) * (self.now_ns - handle.sent_ns)))
         at = self.now_ns + flight.stretch_ns
-        handle.token_ns.extend([at] * len(new_ids))
-        handle.output_ids.extend(new_ids)
+        handle.token_ns.extend([at] * len(new_ids))  # its ids are in already: the engine's list is the handle's
         if finished:
             self._done(flight, req, at)
 

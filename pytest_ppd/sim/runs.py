@@ -88,8 +88,8 @@ class DecodeRun:
 
     def apply(self, engine: Engine, upto: int, flights: dict[int, Any], final: bool = False) -> None:
         """Apply steps applied+1..upto (none but the run's last, when final, finishes a request) to the engine
-        and to each request's handle (flights: id(SimRequest) -> flight with .handle and .stretch_ns), as
-        steps one at a time would."""
+        (the requests' ids, which their handles share) and the steps' times to each request's handle (flights:
+        id(SimRequest) -> flight with .handle and .stretch_ns), as steps one at a time would."""
         if upto <= self.applied:
             return
         steps, times, vocab = upto - self.applied, self.ends_ns[self.applied:upto], engine.vocab
@@ -102,10 +102,9 @@ class DecodeRun:
             req.output_ids += ids
             req.owned += owns
             flight = flights.get(id(req))
-            if flight is not None:
-                handle, stretch = flight.handle, flight.stretch_ns
-                handle.token_ns += times if not stretch else [t + stretch for t in times]
-                handle.output_ids += ids
+            if flight is not None:  # the ids are in its handle already (one list); their times
+                stretch = flight.stretch_ns
+                flight.handle.token_ns += times if not stretch else [t + stretch for t in times]
         self.applied = upto
 
 
