@@ -13,6 +13,7 @@ on the later ones.
 from __future__ import annotations
 
 import json
+from hashlib import shake_128
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,7 +105,7 @@ def read_trace(path: str | Path, *, name: str | None = None) -> Trace:
 
 class BlockTokens:
     """Token ids for hash ids: block ``h`` is the same 512 ids wherever it appears, so shared ids are a
-    shared prefix in the radix cache; ids are drawn in [1000, vocab - 1), seeded by (salt, h).
+    shared prefix in the radix cache; ids are drawn in [1000, vocab - 1) from SHAKE-128 of (salt, h).
 
     Blocks are kept (packed, 8 bytes a token) up to ``MEMO`` of them, the oldest made forgotten first: a
     later turn asks again for its conversation's last block soon after it was made, and a search that
@@ -133,8 +134,11 @@ class BlockTokens:
         """Block h's ids as key bytes (``radix.encode``)."""
         ids = self._blocks.get(h)
         if ids is None:
-            rng = np.random.default_rng([self.salt, h])
-            ids = rng.integers(_LOW, self.vocab - 1, self.block_tokens, dtype=np.int64).astype("<i8").tobytes()
+            # 8 bytes of SHAKE-128 per token, reduced into [_LOW, vocab - 1): the same ids with any numpy
+            # (a Generator's streams may change between versions), at half the cost of seeding one per block.
+            words = np.frombuffer(shake_128(f"ppd-block:{self.salt}:{h}".encode()).digest(8 * self.block_tokens),
+                                  dtype="<u8")
+            ids = (words % np.uint64(self.vocab - 1 - _LOW) + np.uint64(_LOW)).astype("<i8").tobytes()
             if len(self._blocks) >= self.MEMO:
                 del self._blocks[next(iter(self._blocks))]
             self._blocks[h] = ids
