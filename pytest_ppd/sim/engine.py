@@ -44,11 +44,14 @@ class SimRequest:
     finish_reason: dict | None = None
     aborted: bool = False
     _key: bytes | None = field(default=None, repr=False)
-    _base: int | None = field(default=None, repr=False)
     prompt_len: int = field(init=False, repr=False)
+    token_base: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.prompt_len = len(self.input_ids)  # read at every step: an attribute, not a property
+        # Read at every step: attributes, not properties. Its output ids are (token_base + 2654435761 i) % vocab,
+        # i = 1, 2, ... (a deterministic stand-in for sampling).
+        self.prompt_len = len(self.input_ids)
+        self.token_base = (self.input_ids[-1] if self.input_ids else 0) * 1103515245 + 12345
 
     @property
     def key(self) -> bytes:
@@ -56,13 +59,6 @@ class SimRequest:
         if self._key is None:
             self._key = encode(self.input_ids)
         return self._key
-
-    @property
-    def token_base(self) -> int:
-        """Its output ids are (token_base + 2654435761 i) % vocab, i = 1, 2, ... (a deterministic stand-in)."""
-        if self._base is None:
-            self._base = (self.input_ids[-1] if self.input_ids else 0) * 1103515245 + 12345
-        return self._base
 
     @property
     def remaining_reserve(self) -> int:

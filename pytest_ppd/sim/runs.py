@@ -94,14 +94,15 @@ class DecodeRun:
             return
         steps, times, vocab = upto - self.applied, self.ends_ns[self.applied:upto], engine.vocab
         owns, span = steps - 1 if final else steps, _STRIDE * steps  # a step allocates its next one's slot
+        get = flights.get
         for req, _ in self.batch.items:
             if req.aborted:
                 continue
-            first = req.token_base + _STRIDE * (len(req.output_ids) + 1)  # Engine._next_token's, stepped
-            ids = [x % vocab for x in range(first, first + span, _STRIDE)]
-            req.output_ids += ids
+            out = req.output_ids
+            first = req.token_base + _STRIDE * (len(out) + 1)  # Engine._next_token's, stepped
+            out += [x % vocab for x in range(first, first + span, _STRIDE)]
             req.owned += owns
-            flight = flights.get(id(req))
+            flight = get(id(req))
             if flight is not None:  # the ids are in its handle already (one list); their times
                 stretch = flight.stretch_ns
                 flight.handle.token_ns += times if not stretch else [t + stretch for t in times]
