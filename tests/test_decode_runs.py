@@ -23,13 +23,13 @@ requests = st.lists(st.tuples(st.integers(0, 300), st.integers(1, 1500), st.inte
                               st.one_of(st.none(), st.integers(0, 200))), min_size=1, max_size=12)
 
 
-def _play(topology: str, plan, runs: bool, looks: list[int]):
+def _play(topology: str, plan, runs: bool, looks: list[int], times: bool = True):
     dep = {"colocated": lambda: Deployment.from_argvs(colocated=[SMALL]),
            "two": lambda: Deployment.from_argvs(colocated=[BASE, SMALL]),
            "pd": lambda: Deployment.from_argvs(prefill=[P], decode=[D]),
            "pd-fair": lambda: Deployment.from_argvs(prefill=[P, P], decode=[D + ["--sim-link-sharing", "fair"]])
            }[topology]()
-    dep.decode_runs = runs
+    dep.decode_runs, dep.token_times = runs, times
     handles, seen, prev = [], [], [7]
     for k, (at, n, new, shared, abort_after) in enumerate(plan):
         ids = (prev[: n // 2] if shared else []) + [1000 + (k * 7919 + j * 31) % 90000 for j in range(n)]
@@ -55,6 +55,22 @@ def test_runs_give_what_single_steps_give(topology, plan, looks):
     stepped = _play(topology, plan, False, looks)
     ran = _play(topology, plan, True, looks)
     assert ran[:3] == stepped[:3]
+
+
+def _ends(times: tuple) -> tuple:
+    return times[:1] + times[1:][-1:]
+
+
+@pytest.mark.parametrize("topology", ["colocated", "pd"])
+@pytest.mark.parametrize("runs", [True, False])
+@settings(max_examples=30, deadline=None)
+@given(plan=requests, looks=st.lists(st.integers(0, 600), max_size=3))
+def test_without_token_times_a_handle_keeps_its_first_and_last(topology, runs, plan, looks):
+    """token_times=False (cluster replays) changes only token_ns: the first and the latest token's time, at
+    every look; ids, meta_info, errors, meters the same."""
+    every, ends = _play(topology, plan, runs, looks), _play(topology, plan, runs, looks, times=False)
+    assert [(o[0], _ends(o[1]), *o[2:]) for o in every[0]] == ends[0]
+    assert [[(n, _ends(t)) for n, t in look] for look in every[1]] == ends[1] and every[2] == ends[2]
 
 
 def test_a_long_answer_is_a_few_events_not_one_per_token():

@@ -92,11 +92,12 @@ class Window:
     def answer(self, h: Request) -> None:
         if h.error is not None or not h.token_ns or h.done_ns is None:
             return
-        self.answered, self.osl = self.answered + 1, self.osl + len(h.token_ns)
+        tokens = len(h.output_ids)  # token_ns may hold only the first and last token's time (token_times)
+        self.answered, self.osl = self.answered + 1, self.osl + tokens
         self.ttft_ns += h.token_ns[0] - h.sent_ns
         self.duration_ns += h.done_ns - h.sent_ns
-        if len(h.token_ns) > 1:
-            self.itl_ns += (h.token_ns[-1] - h.token_ns[0]) / (len(h.token_ns) - 1)
+        if tokens > 1:
+            self.itl_ns += (h.token_ns[-1] - h.token_ns[0]) / (tokens - 1)
             self.itl_n += 1
 
     def observed(self, now_ns: int) -> Observed:

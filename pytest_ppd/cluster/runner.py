@@ -130,6 +130,7 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
             dep.call_at(max(at, dep.now_ns), lambda: send(nxt))
 
     dep.on_done = answered
+    dep.token_times = False  # a result reads a handle's first and last token's time, never the ones between
     for i, req in enumerate(reqs):
         if i not in previous:
             dep.call_at((req.timestamp_ms or 0) * MS, lambda i=i: send(i))  # type: ignore[misc]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig, resolve
 from pytest_ppd.sim.engine import Batch, SimRequest
-from pytest_ppd.sim.nodes import NS, Node, Request, _Flight, meta_info, node_for, refusal, to_ns
+from pytest_ppd.sim.nodes import NS, Node, Request, _Flight, keep_ends, meta_info, node_for, refusal, to_ns
 from pytest_ppd.sim.links import KV_READY, LINK, KvLinks
 from pytest_ppd.sim.runs import STEP_DONE, DecodeRun, DecodeRuns, decode_run
 
@@ -45,6 +45,7 @@ class Deployment(KvLinks, DecodeRuns):
     """Engines, links and a router on one virtual clock; see the module docstring."""
 
     decode_runs = True  # False: every decode step is its own event (the same times; tests compare the two)
+    token_times = True  # False: a handle's token_ns keeps only its first and last token's time (cluster replays)
 
     def __init__(self, *, colocated: Sequence[SimConfig] = (), prefill: Sequence[SimConfig] = (),
                  decode: Sequence[SimConfig] = (), bootstrap_s: float = 0.0) -> None:
@@ -239,7 +240,7 @@ class Deployment(KvLinks, DecodeRuns):
                 return  # a run cut short: its end moved earlier
             node.run, node.busy = None, False
             self._woken.add(node)
-            for req in step.finish(node.engine, self._flights, self.now_ns / NS):  # every token already in
+            for req in step.finish(node.engine, self._flights, self.now_ns / NS, self.token_times):  # all in
                 flight = self._flights.get(id(req))
                 if flight is not None:
                     assert flight.stretch_ns is not None
@@ -259,7 +260,11 @@ class Deployment(KvLinks, DecodeRuns):
             elif flight.stretch_ns is None or event.finished:
                 self._deliver(flight, event.req, event.new_ids, event.finished)
             else:  # a token mid-stream, the most frequent event of all: inline
-                flight.handle.token_ns += [self.now_ns + flight.stretch_ns] * len(event.new_ids)
+                at = self.now_ns + flight.stretch_ns
+                if self.token_times:
+                    flight.handle.token_ns += [at] * len(event.new_ids)
+                else:
+                    keep_ends(flight.handle.token_ns, len(event.new_ids), at, at)
 
     def _kv_event(self, flight: _Flight, what: str) -> None:
         """P/D hand-off: once decode is ready and prefill done, move the KV decode lacks, then decode."""
@@ -293,7 +298,10 @@ class Deployment(KvLinks, DecodeRuns):
             factor = flight.serving.slow_prompts.get(req.prompt_len, 1.0)
             flight.stretch_ns = int(round((factor - 1.0) * (self.now_ns - handle.sent_ns)))
         at = self.now_ns + flight.stretch_ns
-        handle.token_ns.extend([at] * len(new_ids))  # its ids are in already: the engine's list is the handle's
+        if self.token_times:  # its ids are in already: the engine's list is the handle's
+            handle.token_ns.extend([at] * len(new_ids))
+        else:
+            keep_ends(handle.token_ns, len(new_ids), at, at)
         if finished:
             self._done(flight, req, at)
 

@@ -30,7 +30,7 @@ class Request:
     input_ids: Sequence[int]  # a list, or a read-only view of the key (radix.ids_view)
     max_new_tokens: int
     sent_ns: int
-    token_ns: list[int] = field(default_factory=list)  # when each output token reached the client
+    token_ns: list[int] = field(default_factory=list)  # when each output token reached the client (see stamp)
     output_ids: list[int] = field(default_factory=list)
     done_ns: int | None = None
     error: str | None = None
@@ -130,6 +130,19 @@ class _Flight:
     decode_ready_ns: int | None = None
     stretch_ns: int | None = None
     added_ns: int = 0  # when the serving engine got it (after its overhead, or after the KV arrived)
+
+
+def keep_ends(times: list[int], n: int, first: int, last: int) -> None:
+    """n more tokens reached the client, the first of them at ``first`` and the last at ``last``: ``times``
+    keeps only the first token's time and the latest one's (Deployment.token_times = False)."""
+    if not times:
+        times.append(first)
+        n -= 1
+    if n > 0:
+        if len(times) == 1:
+            times.append(last)
+        else:
+            times[-1] = last
 
 
 def meta_info(handle: Request, req: SimRequest, at_ns: int, added_ns: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from pytest_ppd.sim.costmodel import VECTOR_STEPS
 from pytest_ppd.sim.engine import Batch, Engine
-from pytest_ppd.sim.nodes import NS, Node
+from pytest_ppd.sim.nodes import NS, Node, keep_ends
 
 STEP_DONE = 2  # the deployment's event kind (sim/deployment.py)
 _STRIDE = 2654435761  # Engine._next_token's step from one of a request's tokens to the next
@@ -77,19 +77,21 @@ class DecodeRun:
         self.last = step
         return dropped
 
-    def finish(self, engine: Engine, flights: dict[int, Any], now_s: float) -> list[Any]:
+    def finish(self, engine: Engine, flights: dict[int, Any], now_s: float, every: bool = True) -> list[Any]:
         """The run's end: every step applied (the last allocates no next slot), then the requests that have
         all their tokens finished in the engine, in batch order; those requests."""
-        self.apply(engine, self.last, flights, final=True)
+        self.apply(engine, self.last, flights, final=True, every=every)
         done = [r for r, _ in self.batch.items if not r.aborted and len(r.output_ids) >= r.max_new_tokens]
         for req in done:
             engine.finish(req, now_s)
         return done
 
-    def apply(self, engine: Engine, upto: int, flights: dict[int, Any], final: bool = False) -> None:
+    def apply(self, engine: Engine, upto: int, flights: dict[int, Any], final: bool = False,
+              every: bool = True) -> None:
         """Apply steps applied+1..upto (none but the run's last, when final, finishes a request) to the engine
         (the requests' ids, which their handles share) and the steps' times to each request's handle (flights:
-        id(SimRequest) -> flight with .handle and .stretch_ns), as steps one at a time would."""
+        id(SimRequest) -> flight with .handle and .stretch_ns), as steps one at a time would; every=False:
+        only the first and the last token's times (nodes.keep_ends)."""
         if upto <= self.applied:
             return
         steps, times, vocab = upto - self.applied, self.ends_ns[self.applied:upto], engine.vocab
@@ -104,8 +106,11 @@ class DecodeRun:
             req.owned += owns
             flight = get(id(req))
             if flight is not None:  # the ids are in its handle already (one list); their times
-                stretch = flight.stretch_ns
-                flight.handle.token_ns += times if not stretch else [t + stretch for t in times]
+                stretch = flight.stretch_ns or 0
+                if every:
+                    flight.handle.token_ns += times if not stretch else [t + stretch for t in times]
+                else:
+                    keep_ends(flight.handle.token_ns, steps, times[0] + stretch, times[-1] + stretch)
         self.applied = upto
 
 
@@ -114,6 +119,7 @@ class DecodeRuns:
 
     now_ns: int
     nodes: list[Node]
+    token_times: bool
     _flights: dict[int, Any]
 
     def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0) -> None:
@@ -130,7 +136,7 @@ class DecodeRuns:
         if run is None:
             return
         step = run.in_progress(self.now_ns, inclusive)
-        run.apply(node.engine, step - 1, self._flights)
+        run.apply(node.engine, step - 1, self._flights, every=self.token_times)
         if step < run.last:
             dropped_ns, dropped = run.cut(step)
             node.busy_ns, node.steps = node.busy_ns - dropped_ns, node.steps - dropped
@@ -140,4 +146,5 @@ class DecodeRuns:
         """Before clients look: every decode run's steps over by now are in their handles."""
         for node in self.nodes:
             if node.run is not None:
-                node.run.apply(node.engine, node.run.in_progress(self.now_ns, True) - 1, self._flights)
+                node.run.apply(node.engine, node.run.in_progress(self.now_ns, True) - 1, self._flights,
+                               every=self.token_times)
