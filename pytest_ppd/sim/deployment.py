@@ -178,27 +178,28 @@ class Deployment(KvLinks, DecodeRuns):
 
     def run(self, until_ns: int | None = None, *, until: Callable[[], bool] | None = None) -> int:
         """Process events up to ``until_ns`` (default: all) or until ``until()`` holds; the time reached."""
-        while self._heap and (until_ns is None or self._heap[0][0] <= until_ns):
+        heap, pop, flights = self._heap, heapq.heappop, self._flights
+        while heap and (until_ns is None or heap[0][0] <= until_ns):
             if until is not None and until():
                 self._settle()
                 return self.now_ns
-            when = self._heap[0][0]
+            when = heap[0][0]
             self.now_ns = when
             # Everything due at this instant happens before any engine looks (simultaneous arrivals batch).
-            while self._heap and self._heap[0][0] == when:
-                _, kind, _, _, payload = heapq.heappop(self._heap)
+            while heap and heap[0][0] == when:
+                _, kind, _, _, payload = pop(heap)
                 self.events += 1
-                if kind == _ADD:
+                if kind == _STEP_DONE:
+                    self._step_done(*payload)
+                elif kind == _ADD:
                     node, req = payload
-                    if id(req) in self._flights:
-                        self._flights[id(req)].added_ns = when
+                    if id(req) in flights:
+                        flights[id(req)].added_ns = when
                         self._touch(node, inclusive=False)
                         node.engine.add(req)
                         self._woken.add(node)
                 elif kind == _KV_READY:
                     self._kv_event(*payload)
-                elif kind == _STEP_DONE:
-                    self._step_done(*payload)
                 elif kind == _CALL:
                     payload()
                 else:
