@@ -84,9 +84,9 @@ def test_a_long_answer_is_a_few_events_not_one_per_token():
 @given(contexts=st.lists(st.integers(1, 200_000), min_size=1, max_size=300), steps=st.integers(1, 80),
        model=st.sampled_from(["Llama-3.1-8B", "Llama-3.1-70B", "Qwen3-8B-FP8"]),
        gpu=st.sampled_from(["H100-SXM", "A100-80GB", "L40S"]), tp=st.sampled_from([1, 2, 4]),
-       eager=st.booleans())
-def test_decode_steps_are_decode_time_bit_for_bit(contexts, steps, model, gpu, tp, eager):
-    cost = CostModel(model_spec(model), gpu_spec(gpu), CostProfile(slowdown=1.25), tp_size=tp)
+       eager=st.booleans(), slowdown=st.sampled_from([1.0, 1.25]))
+def test_decode_steps_are_decode_time_bit_for_bit(contexts, steps, model, gpu, tp, eager, slowdown):
+    cost = CostModel(model_spec(model), gpu_spec(gpu), CostProfile(slowdown=slowdown), tp_size=tp)
     p, spec = cost.profile, cost.model
 
     def reference(ctx):  # the roofline summed request by request, as decode_time once computed it

@@ -204,6 +204,11 @@ class CostModel:
         ``[decode_time([c + j for c in contexts], eager) for j in range(steps)]``, bit for bit. The roofline
         needs only the contexts' sum: each request's attention FLOPs are a whole number below 2**53, so their
         float sum is exact and equals the product taken here."""
+        times = self.decode_step_times(contexts, steps, eager)
+        return times if isinstance(times, list) else times.tolist()
+
+    def decode_step_times(self, contexts: Sequence[int], steps: int, eager: bool = False) -> list[float] | np.ndarray:
+        """decode_steps, as an array when there are VECTOR_STEPS or more (what a decode run consumes)."""
         n, total = len(contexts), sum(contexts)
         per_token = attention_flops(self.model, 1, 0)  # 4 L H D: the FLOPs of one cached token, and of itself
         exact = per_token.is_integer() and per_token * (total + n * steps) < 2 ** 53
@@ -216,11 +221,22 @@ class CostModel:
         flops_den, bytes_den = p.eta_attn * g.peak_flops, p.eta_kv * g.hbm_bytes_per_s
         last = total + n * steps  # the largest token count below
         if steps >= VECTOR_STEPS and isinstance(kv, int) and last * kv < 2 ** 53:
-            # The same operations in the same order on float64 arrays (IEEE: the same results), the token
-            # counts and byte counts exact as floats.
+            # The same operations in the same order on float64 arrays (IEEE: the same results; the token and
+            # byte counts exact as floats), less the ones that are exact no-ops: / 1, + 0.0, * 1.0.
             counts = np.arange(total + n, last + n, n, dtype=np.int64)[:steps]
-            attns = np.maximum(per_token * counts / tp / flops_den, counts * kv / tp / bytes_den)
-            return ((c0 + (linear + attns + allreduce)) * slowdown).tolist()  # type: ignore[no-any-return]
+            flops, kv_bytes = per_token * counts, counts * kv
+            if tp != 1:
+                flops, shard = flops / tp, kv_bytes / tp
+                times = np.maximum(flops / flops_den, shard / bytes_den)
+            else:
+                times = np.maximum(flops / flops_den, kv_bytes / bytes_den)
+            times += linear  # linear + attn, in place
+            if allreduce != 0.0:
+                times += allreduce
+            times += c0
+            if slowdown != 1.0:
+                times *= slowdown
+            return times
         out: list[float] = []
         for tokens in range(total + n, total + n + n * steps, n):  # the contexts, plus each new token
             attn = max(per_token * tokens / tp / flops_den, tokens * kv / tp / bytes_den)

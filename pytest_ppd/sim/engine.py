@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import partial
 from typing import Callable, Literal, Sequence
 
 from pytest_ppd.sim.costmodel import CostModel, Extend
@@ -66,16 +66,19 @@ class SimRequest:
         return max(self.budget - self.owned, 0)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Batch:
     kind: Literal["extend", "decode"]
     items: tuple[tuple[SimRequest, int], ...]  # (request, tokens computed for it)
-    step_time: Callable[[], float] = field(repr=False, compare=False)  # its cost model's, asked once
+    step_time: Callable[[], float] = field(repr=False)  # its cost model's, asked once
+    _duration_s: float | None = field(default=None, repr=False)
 
-    @cached_property
+    @property
     def duration_s(self) -> float:
         """The step's time (a virtual deployment that times a decode run as a whole never asks)."""
-        return self.step_time()
+        if self._duration_s is None:
+            self._duration_s = self.step_time()
+        return self._duration_s
 
 
 @dataclass(frozen=True)

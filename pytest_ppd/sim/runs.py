@@ -29,7 +29,7 @@ STEP_DONE = 2  # the deployment's event kind (sim/deployment.py)
 _STRIDE = 2654435761  # Engine._next_token's step from one of a request's tokens to the next
 
 
-def decode_run(engine: Engine, batch: Batch) -> list[float] | None:
+def decode_run(engine: Engine, batch: Batch) -> list[float] | np.ndarray | None:
     """Step times of the decode steps ``batch`` starts, up to the first that finishes a request, when only an
     outside event can change them: nothing waits, and every request in it is past its first token. None when
     that does not hold or the run is one step."""
@@ -40,7 +40,7 @@ def decode_run(engine: Engine, batch: Batch) -> list[float] | None:
     if steps < 2:
         return None
     eager = engine.graph_max_bs is not None and len(batch.items) > engine.graph_max_bs
-    return engine.cost.decode_steps([r.prompt_len + len(r.output_ids) for r, _ in batch.items], steps, eager)
+    return engine.cost.decode_step_times([r.prompt_len + len(r.output_ids) for r, _ in batch.items], steps, eager)
 
 
 @dataclass(eq=False)
@@ -48,15 +48,18 @@ class DecodeRun:
     """Steps 1..last of one decode batch; ``applied`` of them are in the requests and the clients' handles."""
 
     batch: Batch  # its first step, as the engine scheduled it
-    durations: list[float]
+    durations: list[float] | np.ndarray
     ends_ns: list[int]  # when each step ends
     last: int
     applied: int = 0
 
     @classmethod
-    def start(cls, batch: Batch, durations: list[float], now_ns: int) -> "DecodeRun":
-        if len(durations) >= VECTOR_STEPS:  # as the loop, on arrays: round half to even, at least 1 ns a step
-            ends = (np.cumsum(np.maximum(np.rint(np.asarray(durations) * NS), 1).astype(np.int64)) + now_ns).tolist()
+    def start(cls, batch: Batch, durations: list[float] | np.ndarray, now_ns: int) -> "DecodeRun":
+        if isinstance(durations, np.ndarray) or len(durations) >= VECTOR_STEPS:
+            # as the loop, on arrays: round half to even, at least 1 ns a step, summed from now_ns
+            steps = np.maximum(np.rint(np.asarray(durations) * NS), 1).astype(np.int64)
+            steps[0] += now_ns
+            ends = np.cumsum(steps).tolist()
         else:
             ends = list(accumulate([max(int(round(d * NS)), 1) for d in durations], initial=now_ns))[1:]
         return cls(batch, durations, ends, len(ends))
@@ -125,7 +128,7 @@ class DecodeRuns:
     def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0) -> None:
         raise NotImplementedError  # Deployment's
 
-    def _start_run(self, node: Node, batch: Batch, durations: list[float]) -> None:
+    def _start_run(self, node: Node, batch: Batch, durations: list[float] | np.ndarray) -> None:
         run = node.run = DecodeRun.start(batch, durations, self.now_ns)
         node.steps, node.busy_ns = node.steps + run.last, node.busy_ns + run.end_ns - self.now_ns
         self._push(run.end_ns, STEP_DONE, (node, run), node.index)
