@@ -138,3 +138,15 @@ def test_ppd_predict_is_the_virtual_engines_batch_latency(capsys):
     assert rows[0]["engine_ms"] == pytest.approx(one.ttft_ns / 1e6, abs=1e-3)
     assert main(["predict", "--points", "1,4096"]) == 2
     assert "is not BS,L,M" in capsys.readouterr().err
+
+
+def test_calls_due_together_run_in_the_order_pushed_or_reserved():
+    """A client that pushes its arrivals one at a time (cluster replays) numbers them as if pushed at once."""
+    dep = Deployment.from_argvs(colocated=[BASE])
+    ran: list[str] = []
+    first = dep.reserve(2)  # two calls that will be pushed later
+    dep.call_at(5, lambda: ran.append("pushed"))
+    dep.call_at(5, lambda: ran.append("reserved second"), seq=first + 1)
+    dep.call_at(5, lambda: ran.append("reserved first"), seq=first)
+    dep.run()
+    assert ran == ["reserved first", "reserved second", "pushed"]

@@ -131,9 +131,21 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
 
     dep.on_done = answered
     dep.token_times = False  # a result reads a handle's first and last token's time, never the ones between
-    for i, req in enumerate(reqs):
-        if i not in previous:
-            dep.call_at((req.timestamp_ms or 0) * MS, lambda i=i: send(i))  # type: ignore[misc]
+    # Sessions start in time order, each first turn pushed when the one before it is sent (the event heap holds
+    # what is in flight, not the whole trace), under the number it would have had pushed all at once here:
+    # events due at the same instant run in the same order.
+    firsts = [i for i in range(len(reqs)) if i not in previous]
+    at = [(reqs[i].timestamp_ms or 0) * MS for i in firsts]
+    base, order = dep.reserve(len(firsts)), sorted(range(len(firsts)), key=lambda k: (at[k], k))
+
+    def start(j: int) -> None:
+        if j + 1 < len(order):
+            k = order[j + 1]
+            dep.call_at(at[k], lambda: start(j + 1), seq=base + k)
+        send(firsts[order[j]])
+
+    if order:
+        dep.call_at(at[order[0]], lambda: start(0), seq=base + order[0])
     # No cyclic collector while it runs: what a replay frees is acyclic (refcounts free it), and each pass
     # would walk every cache node and request in flight again (a third of the wall time, unpaused).
     paused = gc.isenabled()

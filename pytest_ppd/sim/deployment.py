@@ -167,14 +167,22 @@ class Deployment(KvLinks, DecodeRuns):
         if handle.done_ns is None:
             handle.done_ns, handle.error = self.now_ns, "aborted by the client"
 
-    def call_at(self, at_ns: int, fn: Callable[[], None]) -> None:
-        """Run fn at a virtual time (a client's next action: a new round, a settle time...)."""
-        self._push(at_ns, _CALL, fn)
+    def call_at(self, at_ns: int, fn: Callable[[], None], seq: int | None = None) -> None:
+        """Run fn at a virtual time (a client's next action: a new round, a settle time...); seq: a number
+        from ``reserve`` (calls due at the same instant run in the order they were pushed, or reserved)."""
+        self._push(at_ns, _CALL, fn, seq=seq)
+
+    def reserve(self, n: int) -> int:
+        """The first of n consecutive event numbers, for calls pushed later that must run, when due at the same
+        instant as others, as if pushed now (a client feeding its arrivals one at a time)."""
+        first = next(self._seq)
+        self._seq = itertools.count(first + n)
+        return first
 
     # -- the loop -------------------------------------------------------------------
-    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0) -> None:
+    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0, seq: int | None = None) -> None:
         """Due at the same instant: by kind, then place (engines' step ends in engine order), then as pushed."""
-        heapq.heappush(self._heap, (at_ns, kind, place, next(self._seq), payload))
+        heapq.heappush(self._heap, (at_ns, kind, place, next(self._seq) if seq is None else seq, payload))
 
     def run(self, until_ns: int | None = None, *, until: Callable[[], bool] | None = None) -> int:
         """Process events up to ``until_ns`` (default: all) or until ``until()`` holds; the time reached."""

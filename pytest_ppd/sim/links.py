@@ -69,7 +69,7 @@ class KvLinks:
 
     now_ns: int
 
-    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0) -> None:
+    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0, seq: int | None = None) -> None:
         raise NotImplementedError  # Deployment's
 
     def _send_kv(self, node: "Node", flight: Any, tokens: int) -> None:

@@ -125,7 +125,7 @@ class DecodeRuns:
     token_times: bool
     _flights: dict[int, Any]
 
-    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0) -> None:
+    def _push(self, at_ns: int, kind: int, payload: Any, place: int = 0, seq: int | None = None) -> None:
         raise NotImplementedError  # Deployment's
 
     def _start_run(self, node: Node, batch: Batch, durations: list[float] | np.ndarray) -> None:
