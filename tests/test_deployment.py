@@ -150,3 +150,19 @@ def test_calls_due_together_run_in_the_order_pushed_or_reserved():
     dep.call_at(5, lambda: ran.append("reserved first"), seq=first)
     dep.run()
     assert ran == ["reserved first", "reserved second", "pushed"]
+
+
+def test_a_request_aborted_by_anothers_answer_keeps_only_the_tokens_it_received():
+    """Engine and client share a request's id list; an abort from a callback in the middle of one step's
+    deliveries drops the ids of that step not yet delivered (every id the client holds has its time)."""
+    class Cancelling(Deployment):
+        def _answered(self, flight):
+            if flight.handle is handles[0]:
+                self.abort(handles[1])
+
+    dep = Cancelling.from_argvs(colocated=[BASE])
+    dep.decode_runs = False
+    handles = [dep.submit(_ids(50), 2), dep.submit(_ids(50, salt=1), 5)]
+    dep.run()
+    b = handles[1]
+    assert b.error == "aborted by the client" and len(b.output_ids) == len(b.token_ns) == 1

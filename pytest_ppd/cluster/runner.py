@@ -153,6 +153,7 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
     try:
         dep.run()
     finally:
+        dep.token_times = True  # for whoever uses the deployment next
         if paused:
             gc.enable()
     for i, h in open_.values():  # never answered (nothing does that today): as the client saw it

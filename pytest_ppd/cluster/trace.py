@@ -144,9 +144,9 @@ class BlockTokens:
             self._blocks[h] = ids
         return ids
 
-    def block(self, h: int) -> Sequence[int]:
+    def block(self, h: int) -> list[int]:
         """Block h's token ids."""
-        return ids_view(self._block(h))
+        return list(ids_view(self._block(h)))
 
     def key(self, req: TraceRequest, start: int = 0) -> bytes:
         """``radix.encode(self.ids(req, start))``, joined from the blocks' bytes (no ids are made)."""

@@ -113,11 +113,12 @@ class Deployment(KvLinks, DecodeRuns):
         """Send one request (at ``at_ns``, default now); the router picks its engines. check_ids=False
         skips the vocabulary check, for clients whose ids are in range by construction; key: the ids'
         ``radix.encode``, when the client built it along (a conversation's keys grow turn by turn); ids
-        given as a read-only view (``radix.ids_view(key)``) are kept as they are, other ids copied."""
+        given as a view of bytes (``radix.ids_view(key)``) are kept as they are, other ids copied."""
         at = self.now_ns if at_ns is None else at_ns
         if at < self.now_ns:
             raise ValueError(f"cannot send at {at} ns: the clock is already at {self.now_ns} ns")
-        ids = input_ids if isinstance(input_ids, memoryview) and input_ids.readonly else list(input_ids)
+        immutable = isinstance(input_ids, memoryview) and isinstance(input_ids.obj, bytes)
+        ids = input_ids if immutable else list(input_ids)
         handle = Request(rid or f"v{next(self._rids)}", ids, max_new_tokens, at, _key=key)
         serving, prefill = self.route(handle)
         handle.engine, handle.prefill = serving.name, prefill.name if prefill else None
@@ -164,6 +165,8 @@ class Deployment(KvLinks, DecodeRuns):
                 if flight.sim is not None:
                     flight.serving.engine.abort(flight.sim)
                     self._woken.add(flight.serving)
+        if self.token_times:  # ids the engine made this instant and had not yet delivered never reach it
+            del handle.output_ids[len(handle.token_ns):]
         if handle.done_ns is None:
             handle.done_ns, handle.error = self.now_ns, "aborted by the client"
 

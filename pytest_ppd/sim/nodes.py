@@ -30,8 +30,9 @@ class Request:
     input_ids: Sequence[int]  # a list, or a read-only view of the key (radix.ids_view)
     max_new_tokens: int
     sent_ns: int
-    token_ns: list[int] = field(default_factory=list)  # when each output token reached the client (see stamp)
-    output_ids: list[int] = field(default_factory=list)
+    token_ns: list[int] = field(default_factory=list)  # when each output token reached the client (all of them,
+    # or the first and the last: Deployment.token_times)
+    output_ids: list[int] = field(default_factory=list)  # the engine's own list (in one instant, ahead of token_ns)
     done_ns: int | None = None
     error: str | None = None
     meta_info: dict[str, Any] = field(default_factory=dict)

@@ -122,7 +122,7 @@ class RadixCache:
 
     def _match(self, key: bytes, start: Match | None = None) -> Match:
         node, matched, stamp, unit, end = self.root, 0, next(self._clock), self.unit, len(key)
-        if start is not None and start.node.parent is not None:
+        if start is not None and start.node.parent is not None and start.length * TOKEN_BYTES <= end:
             # start.node's path spells key[:start.length] (a locked node keeps it: it is split above, never
             # evicted): a walk from the root would cross it whole, so stamp it as that walk would, then go on.
             node, matched = start.node, start.length * TOKEN_BYTES
