@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -111,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link-sharing", choices=("fair", "fifo"), default="fair",
                         help="concurrent KV hand-offs into a decode engine share its link's bandwidth (fair) or "
                              "queue for it (fifo) (default: fair)")
+    parser.add_argument("--jobs", type=_POS_INT, default=None, metavar="N",
+                        help="worker processes for a search's simulations (static, offline); 1: none (default: "
+                             "$PPD_JOBS, else the CPUs)")
     parser.add_argument("-o", "--out", type=Path, default=Path("cluster.jsonl"),
                         help="results, one JSON line per row, appended (default: cluster.jsonl)")
 
@@ -148,6 +152,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def _cluster(args: argparse.Namespace) -> int:
+    if args.jobs is not None:
+        os.environ["PPD_JOBS"] = str(args.jobs)  # pool.jobs() reads it
     if args.requests is not None and args.duration is not None:
         raise ConfigError("give --requests or --duration, not both")
     fixed, aggregated = args.strategy == "fixed", args.deployment.strip().lower() == "agg"

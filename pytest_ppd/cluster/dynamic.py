@@ -23,18 +23,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 from pytest_ppd.cluster.deployments import DeploymentSpec, engine_config
 from pytest_ppd.cluster.elastic import ElasticDeployment, Resplit, Schedule, Split
 from pytest_ppd.cluster.metrics import Summary, summarize
 from pytest_ppd.cluster.planners import LoadBalance, Planner, ProfileModel, mean_load
-from pytest_ppd.cluster.runner import Run, replay_run, simulate
+from pytest_ppd.cluster.pool import Lookahead, run_of, summary_of
+from pytest_ppd.cluster.runner import Run, replay_run
 from pytest_ppd.cluster.study import Outcome, Study, headroom, hill_climb, ttfts
 from pytest_ppd.cluster.workload import Trace
 from pytest_ppd.sim.nodes import to_ns
 
 FREE = Resplit(drain_s=0.0, startup_s=0.0)
+T = TypeVar("T")
 
 
 def goodput_key(s: Summary) -> tuple[float, float]:
@@ -124,33 +126,55 @@ class Offline:
     def run(self, trace: Trace, study: Study) -> Outcome:
         n, runs = study.gpus, [0]
         balance = LoadBalance(self.model, study.slo, study.interval_s)
-        whole: dict[int, tuple[Run, Summary]] = {}  # static splits tried on the whole trace
 
-        def on(part: Trace, keep: dict[int, tuple[Run, Summary]]) -> Callable[[int], Summary]:
+        def trials(part: Trace, task: Callable[..., T]) -> Lookahead[T]:
+            return Lookahead(lambda x: (task, (DeploymentSpec("pd", n, x, policy=study.policy), part,
+                                               study.hardware, study.slo)))
+
+        def first(look: Lookahead[T], start: int) -> Lookahead[T]:  # what a climb from start evaluates first
+            look.want([x for x in (start, start - 1, start + 1) if 1 <= x <= n - 1])
+            return look
+
+        def on(look: Lookahead[T], keep: dict[int, T], summary: Callable[[T], Summary]) -> Callable[[int], Summary]:
             def evaluate(x: int) -> Summary:
                 if x not in keep:
                     runs[0] += 1
-                    run = simulate(DeploymentSpec("pd", n, x, policy=study.policy), part, study.hardware)
-                    keep[x] = (run, summarize(run, study.slo))
-                return keep[x][1]
+                    keep[x] = look(x)
+                return summary(keep[x])
             return evaluate
 
+        # every window's climb asks its first trials at once; the climbs, one after another, wait for them
+        parts = [(k, part, balance.split(*mean_load(part, study.interval_s), n))
+                 for k, part in enumerate(windows(trace, study.interval_s)) if part.requests]
+        looks = [first(trials(part, summary_of), start) for _, part, start in parts]
         plan: list[tuple[int, int]] = []  # (window start ns, its best split)
-        for k, part in enumerate(windows(trace, study.interval_s)):
-            if part.requests:
-                start = balance.split(*mean_load(part, study.interval_s), n)
-                plan.append((to_ns(k * study.interval_s), hill_climb(on(part, {}), start, 1, n - 1)[0]))
+        for look, (k, _, start) in zip(looks, parts):
+            plan.append((to_ns(k * study.interval_s), hill_climb(on(look, {}, _same), start, 1, n - 1, look.want)[0]))
+            look.close()
+        guess = balance.split(*mean_load(trace, study.interval_s), n)
+        whole: dict[int, tuple[Run, Summary]] = {}  # static splits tried on the whole trace
+        every = first(trials(trace, run_of), guess)  # in workers while the schedule runs here
         run, dep = run_schedule(trace, study, plan[0][1], FREE, self.name, at=tuple(plan[1:]))
         best, schedule = summarize(run, study.slo), _schedule(dep, tuple((t / 1e9, x) for t, x in plan))
+        start = guess
         if dep.moves == 0:  # one split throughout: that run is the static split's (elastic left alone = static)
             whole[plan[0][1]] = (run, best)
             start = plan[0][1]
-        else:
-            start = balance.split(*mean_load(trace, study.interval_s), n)
-        _, tried = hill_climb(on(trace, whole), start, 1, n - 1)
+        try:
+            _, tried = hill_climb(on(every, whole, _second), start, 1, n - 1, every.want)
+        finally:
+            every.close()
         x = max(tried, key=lambda k: goodput_key(tried[k]))  # of every split it ran on the trace, in hindsight
         if goodput_key(tried[x]) > goodput_key(best):
             (run, best), schedule = whole[x], Schedule((Split(0, x, n - x, 0),), 0, 0.0, ((0.0, x),))
         label = f"{schedule.label()} (upper bound)"
         summary = dataclasses.replace(best, deployment=f"{self.name} {label}")
         return Outcome(self.name, label, summary, tuple(tried.values()), schedule, runs[0] + 1, ttfts(run))
+
+
+def _same(s: Summary) -> Summary:
+    return s
+
+
+def _second(kept: tuple[Run, Summary]) -> Summary:
+    return kept[1]

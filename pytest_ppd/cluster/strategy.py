@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from pytest_ppd.cluster.deployments import DeploymentSpec, Hardware, candidates
 from pytest_ppd.cluster.dynamic import Offline, Online
 from pytest_ppd.cluster.metrics import Summary, mean_ci, summarize
 from pytest_ppd.cluster.planners import PREDICTORS, DynamoSla, LoadBalance, ProfileModel
+from pytest_ppd.cluster.pool import Lookahead, summary_of
 from pytest_ppd.cluster.runner import simulate
 from pytest_ppd.cluster.study import Outcome, Strategy, Study, headroom, hill_climb, rank_key, ttfts
 from pytest_ppd.cluster.workload import Trace, WorkloadSpec, generate
@@ -64,18 +65,24 @@ class StaticBest:
         self.sample, self.aggregated, self.start = sample, aggregated, start
 
     def choose(self, study: Study) -> tuple[DeploymentSpec, tuple[Summary, ...]]:
-        def tried(spec: DeploymentSpec) -> Summary:
-            return summarize(simulate(spec, self.sample, study.hardware), study.slo)
+        def trial(spec: DeploymentSpec) -> tuple[Callable[..., Summary], tuple[Any, ...]]:
+            return summary_of, (spec, self.sample, study.hardware, study.slo)
 
         if self.start is None:
             specs = candidates(study.gpus, policy=study.policy, aggregated=self.aggregated)
-            sums = tuple(tried(s) for s in specs)
+            every = Lookahead(lambda i: trial(specs[i]))
+            every.want(range(len(specs)))
+            sums = tuple(every(i) for i in range(len(specs)))
         else:
-            def split(x: int) -> Summary:
-                return tried(DeploymentSpec("pd", study.gpus, x, policy=study.policy))
-            _, seen = hill_climb(split, self.start, 1, study.gpus - 1)
             specs = [DeploymentSpec("agg", study.gpus, policy=study.policy)] if self.aggregated else []
-            sums = tuple(tried(s) for s in specs) + tuple(seen[x] for x in sorted(seen))
+            agg, split = Lookahead(lambda _: trial(specs[0])), Lookahead(
+                lambda x: trial(DeploymentSpec("pd", study.gpus, x, policy=study.policy)))
+            agg.want([0] if specs else [])
+            try:
+                _, seen = hill_climb(split, self.start, 1, study.gpus - 1, split.want)
+            finally:
+                split.close()
+            sums = tuple(agg(0) for _ in specs) + tuple(seen[x] for x in sorted(seen))
             specs += [DeploymentSpec("pd", study.gpus, x, policy=study.policy) for x in sorted(seen)]
         best = max(range(len(specs)), key=lambda i: (rank_key(sums[i]), -i))
         return specs[best], sums

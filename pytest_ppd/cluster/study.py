@@ -75,9 +75,11 @@ def better(a: Summary, b: Summary, margin: float = 0.02) -> bool:
     return headroom(a) < headroom(b) * (1 - margin)
 
 
-def hill_climb(evaluate: Callable[[int], Summary], start: int, lo: int, hi: int) -> tuple[int, dict[int, Summary]]:
+def hill_climb(evaluate: Callable[[int], Summary], start: int, lo: int, hi: int,
+               ahead: Callable[[list[int]], None] | None = None) -> tuple[int, dict[int, Summary]]:
     """Local search over x in lo..hi: from start, move to the better neighbour (``better``; the lower x
-    first) while one is better; the x it stopped at and every x it evaluated."""
+    first) while one is better; the x it stopped at and every x it evaluated. ``ahead``: told, at each x,
+    what it may evaluate next (where it stands and both neighbours; pool.Lookahead.want)."""
     seen: dict[int, Summary] = {}
 
     def at(x: int) -> Summary:
@@ -87,6 +89,8 @@ def hill_climb(evaluate: Callable[[int], Summary], start: int, lo: int, hi: int)
 
     x = min(max(start, lo), hi)
     while True:
+        if ahead is not None:
+            ahead([n for n in (x, x - 1, x + 1) if lo <= n <= hi and n not in seen])
         step = next((n for n in (x - 1, x + 1) if lo <= n <= hi and better(at(n), at(x))), None)
         if step is None:
             return x, seen
