@@ -5,6 +5,8 @@
 
 1. Seed 003's large scale, 500 requests on 32 GPUs (64 req/s), every strategy once: wall seconds of the
    strategy (its search and planner included), simulations it ran, and simulated requests per wall second.
+   The searches use PPD_JOBS worker processes (default: the CPUs); ``PPD_JOBS=1 python ...`` for one
+   simulation after another.
 2. A multi-turn trace (workload ``multiturn``: ~6 turns per session, 1 s think time, context growing) of
    100 000 requests on 32 GPUs behind the cache-aware router, aggregated and 8P24D.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from pytest_ppd.cluster import Slo, generate, parse_deployment, simulate, workload_spec
 from pytest_ppd.cluster.planners import ProfileModel
+from pytest_ppd.cluster.pool import jobs
 from pytest_ppd.cluster.strategy import make_strategy
 from pytest_ppd.cluster.study import Study
 
@@ -27,7 +30,7 @@ def seed003_large(profile: Path | None) -> None:
     start = time.perf_counter()
     ProfileModel.of(study.hardware, profile)
     print(f"planner profile (virtual ppd profile, once per process): {time.perf_counter() - start:.2f} s")
-    print("seed 003 large: 500 requests, 32 GPUs, 64 req/s")
+    print(f"seed 003 large: 500 requests, 32 GPUs, 64 req/s ({jobs()} worker process(es) for searches)")
     for name in ("fixed", "static", "adaptive", "dynamo", "offline"):
         strategy = make_strategy(name, spec, 0, deployment=parse_deployment("8P24D"), search="local",
                                  hardware=study.hardware, profile=profile)
