@@ -4,6 +4,7 @@
 import argparse
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from pytest_ppd.cluster.elastic import Resplit
 from pytest_ppd.cluster.metrics import goodput_per_gpu, mean_ci, meets_slo, percentiles, slo_attainment
 from pytest_ppd.cluster.routed import RoutedDeployment
 from pytest_ppd.cluster.routers import parse_rule
-from pytest_ppd.cluster.runner import RequestResult, Run
+from pytest_ppd.cluster.runner import RequestResult, Run, watching
 from pytest_ppd.cluster.strategy import SAMPLE_SEED_OFFSET, StaticBest, across_seeds, make_strategy
 from pytest_ppd.cluster.workload import BLOCK_TOKENS, WORKLOADS, Trace, TraceRequest
 from pytest_ppd.errors import ConfigError
@@ -279,3 +280,26 @@ def test_cmd_cluster_prints_a_table_and_appends_json_lines(tmp_path, capsys):
     assert json.loads(out.read_text().splitlines()[-1])["completed"] == 20
     assert _cli("--deployment", "3P5D", "--gpus", "4", "-o", str(out)) == 2
     assert "3P5D is 8 GPUs but --gpus is 4" in capsys.readouterr().err
+
+
+def test_a_watched_replay_reports_its_progress_to_the_end_and_an_unwatched_one_nothing():
+    trace = generate(WORKLOADS["multiturn"], requests=450, rate=40.0, seed=2)
+    seen: list[tuple[int, int, int]] = []
+    with watching(lambda done, of, now_ns: seen.append((done, of, now_ns))):
+        run = simulate(parse_deployment("agg", 4, policy="cache"), trace)
+    assert len(seen) >= 200 and all(of == 450 for _, of, _ in seen)
+    assert [d for d, _, _ in seen] == sorted({d for d, _, _ in seen}) and seen[-1][0] == 450
+    assert [t for _, _, t in seen] == sorted(t for _, _, t in seen) and seen[-1][2] >= run.span_ns
+    simulate(parse_deployment("agg", 4, policy="cache"), trace)
+    assert seen[-1][0] == 450 and len(seen) == len(set(seen))  # nothing more once the context is left
+
+
+def test_cmd_cluster_draws_a_progress_bar_on_a_terminal_unless_quiet(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ("--gpus", "4", "--requests", "300", "--rate", "40", "-o", str(tmp_path / "r.jsonl"))
+    assert _cli(*argv) == 0
+    err = capsys.readouterr().err
+    assert "\r  seed 0 fixed run 1 [" in err and "300/300 requests" in err and "s virtual in" in err
+    assert err.endswith("\r")  # cleared before the table's row
+    assert _cli(*argv, "--quiet") == 0
+    assert "\r" not in capsys.readouterr().err

@@ -16,12 +16,14 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from pytest_ppd.cluster.deployments import Hardware, parse_deployment
 from pytest_ppd.cluster.metrics import Slo, Summary, mean_ci
+from pytest_ppd.cluster.runner import watching
 from pytest_ppd.cluster.routers import POLICIES, RULES
 from pytest_ppd.cluster.compare import SETUPS, compare, write_report
 from pytest_ppd.cluster.elastic import Resplit
@@ -115,6 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=_POS_INT, default=None, metavar="N",
                         help="worker processes for a search's simulations (static, offline); 1: none (default: "
                              "$PPD_JOBS, else the CPUs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar on stderr (default: one on a terminal)")
     parser.add_argument("-o", "--out", type=Path, default=Path("cluster.jsonl"),
                         help="results, one JSON line per row, appended (default: cluster.jsonl)")
 
@@ -190,7 +193,11 @@ def _cluster(args: argparse.Namespace) -> int:
                                        hardware=study.hardware, profile=args.profile, predictor=args.predictor,
                                        sample=trace if args.trace else None))
         print(f"  seed {seed}: {args.strategy} ...", file=sys.stderr, flush=True)
-        outcome = strategy.run(trace, study)
+        bar = ProgressBar(f"seed {seed} {args.strategy}") if sys.stderr.isatty() and not args.quiet else None
+        with watching(bar):
+            outcome = strategy.run(trace, study)
+        if bar is not None:
+            bar.clear()
         outcomes.append(outcome)
         for s in outcome.considered:
             print(row(f"  sample {s.deployment}", s))
@@ -211,6 +218,37 @@ def _cluster(args: argparse.Namespace) -> int:
           f"{outcomes[-1].summary.requests / max(outcomes[-1].summary.wall_s, 1e-9):.0f} requests per wall second "
           f"({wall:.2f} s of runs)")
     return 0
+
+
+class ProgressBar:
+    """One line on stderr, redrawn at most 10 times a second: the run under way (a search's runs in worker
+    processes are not shown), its requests answered, virtual and wall time, and the wall time left at this pace."""
+
+    WIDTH = 24
+
+    def __init__(self, label: str) -> None:
+        self.label, self.runs, self.last, self.started, self.drawn = label, 0, -1, 0.0, 0.0
+        self.width = 0
+
+    def __call__(self, done: int, total: int, now_ns: int) -> None:
+        now = time.monotonic()
+        if done <= self.last or self.runs == 0:  # a new replay
+            self.runs, self.started = self.runs + 1, now
+        self.last = done
+        if done < total and now - self.drawn < 0.1:
+            return
+        self.drawn = now
+        wall = now - self.started
+        full = round(self.WIDTH * done / max(total, 1))
+        left = f", ~{wall * (total - done) / done:.0f} s left" if 0 < done < total else ""
+        line = (f"  {self.label} run {self.runs} [{'#' * full}{'.' * (self.WIDTH - full)}] {done:,}/{total:,} "
+                f"requests, {now_ns / 1e9:,.1f} s virtual in {wall:.1f} s{left}")
+        print(f"\r{line:<{self.width}}", end="", file=sys.stderr, flush=True)
+        self.width = max(self.width, len(line))
+
+    def clear(self) -> None:
+        if self.width:
+            print(f"\r{'':<{self.width}}\r", end="", file=sys.stderr, flush=True)
 
 
 def _report(args: argparse.Namespace, workload: Any, study: Study, seeds: list[int]) -> int:

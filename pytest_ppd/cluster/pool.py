@@ -31,6 +31,7 @@ from typing import Any, Callable, Generic, Iterable, NoReturn, TypeVar
 
 from pytest_ppd.cluster.deployments import DeploymentSpec, Hardware
 from pytest_ppd.cluster.metrics import Slo, Summary, summarize
+from pytest_ppd.cluster import runner
 from pytest_ppd.cluster.runner import Run, simulate
 from pytest_ppd.cluster.workload import Trace
 from pytest_ppd.errors import ConfigError
@@ -77,6 +78,7 @@ def jobs() -> int:
 def _start_worker(parent: int) -> None:
     global _in_worker
     _in_worker = True
+    runner._watching.set(None)  # a progress bar is the parent's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:  # die with the parent, SIGKILL included
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

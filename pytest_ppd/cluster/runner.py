@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from pytest_ppd.cluster.deployments import DeploymentSpec, Hardware, build
 from pytest_ppd.cluster.routed import RoutedDeployment
@@ -23,6 +25,19 @@ from pytest_ppd.sim.nodes import Request
 from pytest_ppd.sim.radix import ids_view
 
 MS = 1_000_000  # ns
+Progress = Callable[[int, int, int], None]  # (requests answered, of, virtual now ns)
+_watching: ContextVar[Progress | None] = ContextVar("ppd_replay_progress", default=None)
+
+
+@contextmanager
+def watching(progress: Progress | None) -> Iterator[None]:
+    """Every replay run here (not in a search's worker processes) reports ``progress(answered, of, now_ns)``
+    about every 0.5% of its requests and once at its end (``ppd cluster``'s progress bar)."""
+    token = _watching.set(progress)
+    try:
+        yield
+    finally:
+        _watching.reset(token)
 
 
 @dataclass(frozen=True)
@@ -119,8 +134,13 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
         if h.done:  # refused at once: the session goes on, as a client's would
             answered(h)
 
+    watch, every, count = _watching.get(), max(1, len(reqs) // 200), [0]
+
     def answered(h: Request) -> None:
         i, _ = open_.pop(h.rid)
+        count[0] += 1
+        if watch is not None and count[0] % every == 0:
+            watch(count[0], len(reqs), dep.now_ns)
         results[i] = _result(i, reqs[i].session_id, reqs[i].output_length, h)
         nxt = following.get(i)
         if nxt is not None:
@@ -158,6 +178,8 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
             gc.enable()
     for i, h in open_.values():  # never answered (nothing does that today): as the client saw it
         results[i] = _result(i, reqs[i].session_id, reqs[i].output_length, h)
+    if watch is not None and count[0] % every:  # its end, unless that was just reported
+        watch(count[0], len(reqs), dep.now_ns)
     return [r if r is not None else
             RequestResult(i, q.session_id, q.input_length, q.output_length, 0, 0, 0, None, None, None, None,
                           "never sent: its session stopped before it")
