@@ -4,6 +4,8 @@
 import argparse
 import json
 import math
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -18,6 +20,7 @@ from pytest_ppd.cluster.elastic import Resplit
 from pytest_ppd.cluster.metrics import goodput_per_gpu, mean_ci, meets_slo, percentiles, slo_attainment
 from pytest_ppd.cluster.routed import RoutedDeployment
 from pytest_ppd.cluster.routers import parse_rule
+from pytest_ppd.cluster.cli import ProgressBar
 from pytest_ppd.cluster.runner import RequestResult, Run, watching
 from pytest_ppd.cluster.strategy import SAMPLE_SEED_OFFSET, StaticBest, across_seeds, make_strategy
 from pytest_ppd.cluster.workload import BLOCK_TOKENS, WORKLOADS, Trace, TraceRequest
@@ -294,8 +297,23 @@ def test_a_watched_replay_reports_its_progress_to_the_end_and_an_unwatched_one_n
     assert seen[-1][0] == 450 and len(seen) == len(set(seen))  # nothing more once the context is left
 
 
+def test_the_progress_bar_counts_each_replay_as_a_run_and_fits_one_row(capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda: os.terminal_size((60, 24)))
+    bar = ProgressBar("seed 0 offline")
+    for done in range(6):  # a small window's replay, then the whole trace's
+        bar(done, 5, done * 10**9)
+    bar(0, 100_000, 0)
+    bar(500, 100_000, 10**9)
+    assert bar.runs == 2
+    rows = capsys.readouterr().err.split("\r")
+    assert "run 2" in rows[-1] and all(len(r) <= 59 for r in rows)
+    bar.clear()
+    assert capsys.readouterr().err == "\r" + " " * bar.width + "\r"
+
+
 def test_cmd_cluster_draws_a_progress_bar_on_a_terminal_unless_quiet(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda: os.terminal_size((200, 24)))
     argv = ("--gpus", "4", "--requests", "300", "--rate", "40", "-o", str(tmp_path / "r.jsonl"))
     assert _cli(*argv) == 0
     err = capsys.readouterr().err

@@ -16,6 +16,7 @@ from pytest_ppd.cluster import pool
 from pytest_ppd.cluster.pool import Lookahead, jobs
 from pytest_ppd.cluster.runner import Run
 from pytest_ppd.cluster.strategy import make_strategy
+from pytest_ppd.cluster.routers import parse_rule
 from pytest_ppd.cluster.study import hill_climb
 from pytest_ppd.errors import ConfigError
 
@@ -96,6 +97,38 @@ def test_a_dead_worker_is_one_clear_error_and_the_next_search_starts_afresh(monk
     again = Lookahead(lambda x: (abs, (-x,)))
     again.want([5])
     assert again(5) == 5
+
+
+def test_an_error_in_a_worker_reaches_the_search_as_itself(monkeypatch):
+    monkeypatch.setenv("PPD_JOBS", "2")
+    look = Lookahead(lambda x: (parse_rule, ("no-such-rule",)))
+    look.want([1])
+    with pytest.raises(ConfigError, match="not a conditional-disaggregation rule"):
+        look(1)
+
+
+def test_a_new_ppd_jobs_forks_a_pool_of_that_size(monkeypatch):
+    for n in ("2", "3"):
+        monkeypatch.setenv("PPD_JOBS", n)
+        look = Lookahead(lambda x: (os.getpid, ()))
+        look.want([1])
+        look(1)
+        assert pool._size == int(n) and len(pool._pool._processes) == int(n)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_trials_still_queued_at_exit_are_dropped_not_run():
+    """10 trials of 5 s each on 2 workers: run to the end, the exit would take 25 s; dropped, it takes ~0."""
+    script = ("import os, time\n"
+              "os.environ['PPD_JOBS'] = '2'\n"
+              "from pytest_ppd.cluster import pool\n"
+              "look = pool.Lookahead(lambda x: (time.sleep, (5,)))\n"
+              "look.want(range(10))\n"
+              "print('queued', flush=True)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "queued" in done.stdout, done.stderr
+    assert time.monotonic() - started < 15
 
 
 def _alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -194,10 +195,12 @@ def _cluster(args: argparse.Namespace) -> int:
                                        sample=trace if args.trace else None))
         print(f"  seed {seed}: {args.strategy} ...", file=sys.stderr, flush=True)
         bar = ProgressBar(f"seed {seed} {args.strategy}") if sys.stderr.isatty() and not args.quiet else None
-        with watching(bar):
-            outcome = strategy.run(trace, study)
-        if bar is not None:
-            bar.clear()
+        try:
+            with watching(bar):
+                outcome = strategy.run(trace, study)
+        finally:
+            if bar is not None:
+                bar.clear()
         outcomes.append(outcome)
         for s in outcome.considered:
             print(row(f"  sample {s.deployment}", s))
@@ -232,10 +235,11 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int, now_ns: int) -> None:
         now = time.monotonic()
-        if done <= self.last or self.runs == 0:  # a new replay
+        new = done <= self.last or self.runs == 0  # a new replay (each reports 0 answered first): drawn at once
+        if new:
             self.runs, self.started = self.runs + 1, now
         self.last = done
-        if done < total and now - self.drawn < 0.1:
+        if not new and done < total and now - self.drawn < 0.1:
             return
         self.drawn = now
         wall = now - self.started
@@ -243,6 +247,7 @@ class ProgressBar:
         left = f", ~{wall * (total - done) / done:.0f} s left" if 0 < done < total else ""
         line = (f"  {self.label} run {self.runs} [{'#' * full}{'.' * (self.WIDTH - full)}] {done:,}/{total:,} "
                 f"requests, {now_ns / 1e9:,.1f} s virtual in {wall:.1f} s{left}")
+        line = line[: shutil.get_terminal_size().columns - 1]  # one row, or \r redraws on a new one
         print(f"\r{line:<{self.width}}", end="", file=sys.stderr, flush=True)
         self.width = max(self.width, len(line))
 

@@ -148,20 +148,31 @@ class Offline:
                  for k, part in enumerate(windows(trace, study.interval_s)) if part.requests]
         looks = [first(trials(part, summary_of), start) for _, part, start in parts]
         plan: list[tuple[int, int]] = []  # (window start ns, its best split)
-        for look, (k, _, start) in zip(looks, parts):
-            plan.append((to_ns(k * study.interval_s), hill_climb(on(look, {}, _same), start, 1, n - 1, look.want)[0]))
-            look.close()
-        guess = balance.split(*mean_load(trace, study.interval_s), n)
-        whole: dict[int, tuple[Run, Summary]] = {}  # static splits tried on the whole trace
-        every = first(trials(trace, run_of), guess)  # in workers while the schedule runs here
-        run, dep = run_schedule(trace, study, plan[0][1], FREE, self.name, at=tuple(plan[1:]))
-        best, schedule = summarize(run, study.slo), _schedule(dep, tuple((t / 1e9, x) for t, x in plan))
-        start = guess
-        if dep.moves == 0:  # one split throughout: that run is the static split's (elastic left alone = static)
-            whole[plan[0][1]] = (run, best)
-            start = plan[0][1]
         try:
-            _, tried = hill_climb(on(every, whole, _second), start, 1, n - 1, every.want)
+            for look, (k, _, start) in zip(looks, parts):
+                plan.append((to_ns(k * study.interval_s),
+                             hill_climb(on(look, {}, _same), start, 1, n - 1, look.want)[0]))
+                look.close()
+        finally:
+            for look in looks:
+                look.close()
+        whole: dict[int, tuple[Run, Summary]] = {}  # static splits tried on the whole trace
+        every = trials(trace, run_of)
+        try:
+            # in workers while the schedule runs here: the climb's first trials, from the split the schedule
+            # holds throughout if every window chose it (then that run is the split's), else the demand split
+            same = all(x == plan[0][1] for _, x in plan)
+            start = plan[0][1] if same else balance.split(*mean_load(trace, study.interval_s), n)
+            every.want([x for x in (start, start - 1, start + 1) if 1 <= x <= n - 1 and not (same and x == start)])
+            run, dep = run_schedule(trace, study, plan[0][1], FREE, self.name, at=tuple(plan[1:]))
+            best, schedule = summarize(run, study.slo), _schedule(dep, tuple((t / 1e9, x) for t, x in plan))
+            if dep.moves == 0:  # one split throughout: that run is the static split's (elastic left alone = static)
+                whole[plan[0][1]] = (run, best)
+                start = plan[0][1]
+            else:
+                start = balance.split(*mean_load(trace, study.interval_s), n)
+            _, tried = hill_climb(on(every, whole, _second), start, 1, n - 1,
+                                  lambda xs: every.want([x for x in xs if x not in whole]))
         finally:
             every.close()
         x = max(tried, key=lambda k: goodput_key(tried[k]))  # of every split it ran on the trace, in hindsight

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import concurrent.futures.process  # noqa: F401  # its exit hook is registered before ours (_at_exit)
 import ctypes
 import multiprocessing
 import os
@@ -41,6 +42,7 @@ MAX_JOBS = 16
 _PR_SET_PDEATHSIG = 1
 
 _pool: cf.ProcessPoolExecutor | None = None
+_size = 0
 _in_worker = False
 
 
@@ -89,32 +91,46 @@ def _start_worker(parent: int) -> None:
 
 
 def _workers() -> cf.ProcessPoolExecutor | None:
-    """The process's pool, forked on first use; None when trials run here (see jobs())."""
-    global _pool
+    """The process's pool of jobs() workers, forked on first use (again when jobs() changes); None when
+    trials run here (see jobs())."""
+    global _pool, _size
+    n = jobs()
+    if _pool is not None and n != _size:
+        shutdown()
     if _pool is None:
-        n = jobs()
         if n < 2 or threading.active_count() > 1:
             return None
-        _pool = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_start_worker, initargs=(os.getpid(),))
+        _pool, _size = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
+                                              initializer=_start_worker, initargs=(os.getpid(),)), n
     return _pool
 
 
-def shutdown() -> None:
-    """Stop the workers now (they also stop when the process exits)."""
+def shutdown(kill: bool = False) -> None:
+    """Stop the workers now, dropping what waits for them (kill: not waiting for the trials they run)."""
     global _pool
-    if _pool is not None:
-        _pool.shutdown(wait=True, cancel_futures=True)
-        _pool = None
+    pool, _pool = _pool, None
+    if pool is not None:
+        if kill:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-atexit.register(shutdown)  # at exit, while the modules the pool uses are still there
+def _at_exit() -> None:
+    # Before concurrent.futures' own exit hook, which would run every trial still queued first (after a
+    # Ctrl-C, say): what a process leaves behind at exit nobody will read.
+    if not _in_worker:
+        shutdown(kill=True)
 
 
-def _broken() -> NoReturn:
+threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # runs before concurrent.futures' hook
+atexit.register(shutdown)  # and, should threading not run it, at exit while the modules the pool uses are there
+
+
+def _broken(exc: BaseException) -> NoReturn:
     shutdown()
-    raise RuntimeError("a simulation worker process died (out of memory? killed?); PPD_JOBS=1 runs every "
-                       "simulation in this process") from None
+    raise RuntimeError("a simulation worker process died or its error could not be sent back (out of memory? "
+                       "killed?); PPD_JOBS=1 runs every simulation in this process") from exc
 
 
 class Lookahead(Generic[T]):
@@ -134,8 +150,8 @@ class Lookahead(Generic[T]):
                 fn, args = self.task(x)
                 try:
                     self.started[x] = pool.submit(fn, *args)
-                except cf.process.BrokenProcessPool:
-                    _broken()
+                except cf.process.BrokenProcessPool as exc:
+                    _broken(exc)
 
     def __call__(self, x: int) -> T:
         future = self.started.pop(x, None)
@@ -144,8 +160,8 @@ class Lookahead(Generic[T]):
             return fn(*args)
         try:
             return future.result()
-        except cf.process.BrokenProcessPool:
-            _broken()
+        except cf.process.BrokenProcessPool as exc:
+            _broken(exc)
 
     def close(self) -> None:
         for future in self.started.values():

@@ -32,7 +32,7 @@ _watching: ContextVar[Progress | None] = ContextVar("ppd_replay_progress", defau
 @contextmanager
 def watching(progress: Progress | None) -> Iterator[None]:
     """Every replay run here (not in a search's worker processes) reports ``progress(answered, of, now_ns)``
-    about every 0.5% of its requests and once at its end (``ppd cluster``'s progress bar)."""
+    when it starts (0 answered), about every 0.5% of its requests, and at its end (``ppd cluster``'s bar)."""
     token = _watching.set(progress)
     try:
         yield
@@ -135,6 +135,8 @@ def replay(dep: RoutedDeployment, trace: Trace, tokens: BlockTokens) -> list[Req
             answered(h)
 
     watch, every, count = _watching.get(), max(1, len(reqs) // 200), [0]
+    if watch is not None:
+        watch(0, len(reqs), dep.now_ns)  # a replay starts
 
     def answered(h: Request) -> None:
         i, _ = open_.pop(h.rid)

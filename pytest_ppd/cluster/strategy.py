@@ -71,18 +71,22 @@ class StaticBest:
         if self.start is None:
             specs = candidates(study.gpus, policy=study.policy, aggregated=self.aggregated)
             every = Lookahead(lambda i: trial(specs[i]))
-            every.want(range(len(specs)))
-            sums = tuple(every(i) for i in range(len(specs)))
+            try:
+                every.want(range(len(specs)))
+                sums = tuple(every(i) for i in range(len(specs)))
+            finally:
+                every.close()
         else:
             specs = [DeploymentSpec("agg", study.gpus, policy=study.policy)] if self.aggregated else []
             agg, split = Lookahead(lambda _: trial(specs[0])), Lookahead(
                 lambda x: trial(DeploymentSpec("pd", study.gpus, x, policy=study.policy)))
-            agg.want([0] if specs else [])
             try:
+                agg.want([0] if specs else [])
                 _, seen = hill_climb(split, self.start, 1, study.gpus - 1, split.want)
+                sums = tuple(agg(0) for _ in specs) + tuple(seen[x] for x in sorted(seen))
             finally:
+                agg.close()
                 split.close()
-            sums = tuple(agg(0) for _ in specs) + tuple(seen[x] for x in sorted(seen))
             specs += [DeploymentSpec("pd", study.gpus, x, policy=study.policy) for x in sorted(seen)]
         best = max(range(len(specs)), key=lambda i: (rank_key(sums[i]), -i))
         return specs[best], sums
