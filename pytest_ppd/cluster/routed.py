@@ -61,11 +61,12 @@ class RoutedDeployment(Deployment):
             self.in_flight[handle.engine] -= 1
         return handle
 
-    def load(self, node: Node) -> int:
-        """Requests in flight: the router's count for serving engines, the queue and batch of a prefill engine."""
-        if node.role == "prefill":
-            return len(node.engine.waiting) + len(node.engine.running)
-        return self.in_flight[node.name]
+    def loads(self, nodes: Sequence[Node]) -> list[int]:
+        """Each engine's requests in flight: the router's count for serving engines, the queue and batch of a
+        prefill engine."""
+        count = self.in_flight
+        return [len(n.engine.waiting) + len(n.engine.running) if n.role == "prefill" else count[n.name]
+                for n in nodes]
 
     def prefill_queue(self) -> int:
         """Requests waiting for a prefill engine to admit them (what Dynamo's rule reads)."""
@@ -73,7 +74,7 @@ class RoutedDeployment(Deployment):
 
     def route(self, handle: Request) -> tuple[Node, Node | None]:
         ids, session = handle.key, self.sessions.get(handle.rid)  # the key: policies walk radix trees
-        serving = self.policy.pick(self.colocated or self.decode, ids, session, self.load)
+        serving = self.policy.pick(self.colocated or self.decode, ids, session, self.loads)
         self.in_flight[serving.name] += 1
         if not self.prefill:
             return serving, None
@@ -82,7 +83,7 @@ class RoutedDeployment(Deployment):
             cached = serving.engine.cache.match_prefix(ids[: (prompt - 1) * TOKEN_BYTES]).length
             if self.rule.local(prompt - cached, self.prefill_queue()):
                 return serving, None
-        return serving, self.prefill_policy.pick(self.prefill, ids, session, self.load)
+        return serving, self.prefill_policy.pick(self.prefill, ids, session, self.loads)
 
     def _answered(self, flight: _Flight) -> None:
         self.in_flight[flight.serving.name] -= 1

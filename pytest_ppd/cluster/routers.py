@@ -1,7 +1,7 @@
 """Router policies (which engine of a group) and conditional-disaggregation rules (LOCAL or REMOTE).
 
     policy = POLICIES["cache"]()                 # sglang-router's cache_aware, with its defaults
-    node = policy.pick(dep.colocated, ids, session="s3", load=dep.load)
+    node = policy.pick(dep.colocated, ids, session="s3", loads=dep.loads)
     parse_rule("dynamo-v0").local(uncached=1800, prefill_queue=0)   # False: send it to a prefill engine
 
 Policies see only what a router sees: the ids it sent where (its own radix tree per engine, which does
@@ -19,7 +19,7 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.nodes import Node
 from pytest_ppd.sim.radix import TOKEN_BYTES, RadixCache, encode
 
-Load = Callable[[Node], int]
+Loads = Callable[[Sequence[Node]], list[int]]  # a group's loads, in its order (one call per pick, not per engine)
 
 
 class Policy(Protocol):
@@ -27,11 +27,12 @@ class Policy(Protocol):
 
     name: str
 
-    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node: ...
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, loads: Loads) -> Node: ...
 
 
-def _least_loaded(nodes: Sequence[Node], load: Load) -> Node:
-    return min(nodes, key=load)  # ties: the first, so the choice is deterministic
+def _least_loaded(nodes: Sequence[Node], loads: Loads) -> Node:
+    each = loads(nodes)
+    return nodes[each.index(min(each))]  # ties: the first, so the choice is deterministic
 
 
 class RoundRobin:
@@ -42,7 +43,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self.turn = 0
 
-    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node:
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, loads: Loads) -> Node:
         self.turn += 1
         return nodes[(self.turn - 1) % len(nodes)]
 
@@ -56,10 +57,10 @@ class Sticky:
     def __init__(self) -> None:
         self.home: dict[str, Node] = {}
 
-    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, load: Load) -> Node:
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int], session: str | None, loads: Loads) -> Node:
         if session is not None and session in self.home and self.home[session] in nodes:
             return self.home[session]
-        node = _least_loaded(nodes, load)
+        node = _least_loaded(nodes, loads)
         if session is not None:
             self.home[session] = node
         return node
@@ -76,36 +77,42 @@ class CacheAware:
 
     def __init__(self, cache_threshold: float = 0.3, balance_abs: int = 64, balance_rel: float = 1.5) -> None:
         self.cache_threshold, self.balance_abs, self.balance_rel = cache_threshold, balance_abs, balance_rel
-        self.trees: dict[str, RadixCache] = {}
+        self.trees: _Trees = _Trees()  # engine -> the prompts this router sent it
 
-    def _tree(self, node: Node) -> RadixCache:
-        if node.name not in self.trees:
-            self.trees[node.name] = RadixCache()
-        return self.trees[node.name]
-
-    def pick(self, nodes: Sequence[Node], ids: Sequence[int] | bytes, session: str | None, load: Load) -> Node:
+    def pick(self, nodes: Sequence[Node], ids: Sequence[int] | bytes, session: str | None, loads: Loads) -> Node:
         key = encode(ids)  # once, for every tree
-        loads = [load(n) for n in nodes]
-        trees = [self._tree(n) for n in nodes]
-        low, high = min(loads), max(loads)
+        each = loads(nodes)
+        trees = list(map(self.trees.__getitem__, nodes))
+        low, high = min(each), max(each)
         start = None
         if high - low > self.balance_abs and high > self.balance_rel * low:
-            node = nodes[loads.index(low)]  # the least loaded; ties: the first
+            chosen = each.index(low)  # the least loaded; ties: the first
         else:
             head = key[:TOKEN_BYTES]  # a tree whose first page differs matches nothing: skip the walk (page size 1)
-            matches = {i: tree.match_prefix(key) for i, tree in enumerate(trees) if head in tree.root.children}
             # the longest match; ties: the least loaded, then the first
-            best = max(((m.length, -loads[i], -i) for i, m in matches.items()), default=(0, 0, 0))
+            best, matches = (0, 0, 0), {}
+            for i, tree in enumerate(trees):
+                if head in tree.root.children:
+                    matches[i] = m = tree.match_prefix(key)
+                    best = max(best, (m.length, -each[i], -i))
             if best[0] > self.cache_threshold * (len(key) // TOKEN_BYTES):
                 chosen = -best[2]
             else:
-                chosen = min(range(len(nodes)), key=lambda i: (trees[i].total_size, loads[i]))
-            node, start = nodes[chosen], matches.get(chosen)
-        tree = self._tree(node)
+                chosen = min(range(len(nodes)), key=lambda i: (trees[i].total_size, each[i]))
+            start = matches.get(chosen)
+        node, tree = nodes[chosen], trees[chosen]
         tree.insert(key, start)  # from where its walk ended (the tree is unchanged since)
         if tree.total_size > node.cfg.pool_tokens:
             tree.evict(tree.total_size - node.cfg.pool_tokens)
         return node
+
+
+class _Trees(dict):
+    """A router's radix tree per engine, made on first use."""
+
+    def __missing__(self, node: Node) -> RadixCache:
+        tree = self[node] = RadixCache()
+        return tree
 
 
 POLICIES: dict[str, Callable[[], Policy]] = {"rr": RoundRobin, "cache": CacheAware, "sticky": Sticky}

@@ -71,6 +71,8 @@ class Batch:
     kind: Literal["extend", "decode"]
     items: tuple[tuple[SimRequest, int], ...]  # (request, tokens computed for it)
     step_time: Callable[[], float] = field(repr=False)  # its cost model's, asked once
+    contexts: list[int] | None = field(default=None, repr=False)  # decode: the contexts of its requests past
+    # their first token (all of them, when it has as many as items)
     _duration_s: float | None = field(default=None, repr=False)
 
     @property
@@ -171,6 +173,8 @@ class Engine:
         return self._schedule_decode(now)
 
     def _schedule_extend(self, now: float) -> Batch | None:
+        if self.chunking is None and not self.waiting:
+            return None
         budget = self.chunk
         items: list[tuple[SimRequest, int]] = []
         chunks: list[Extend] = []
@@ -219,14 +223,16 @@ class Engine:
             req.cached_tokens = req.preset_cached_tokens
             req.forward_entry_s = now
             self.running.append(req)
-        items = tuple((r, 1) for r in self.running if r.computed == r.prompt_len)
+        items = tuple([(r, 1) for r in self.running if r.computed == r.prompt_len])
         if not items:
             return None
-        contexts = [r.prompt_len + len(r.output_ids) for r, _ in items if r.output_ids]
+        contexts = []
         for req, _ in items:
-            req.owned += 1 if req.output_ids else 0
+            if req.output_ids:  # the step writes its new token's KV in a slot of its own
+                contexts.append(req.prompt_len + len(req.output_ids))
+                req.owned += 1
         eager = self.graph_max_bs is not None and len(items) > self.graph_max_bs
-        return Batch("decode", items, partial(self.cost.decode_time, contexts, eager))
+        return Batch("decode", items, partial(self.cost.decode_time, contexts, eager), contexts=contexts)
 
     # -- completion --------------------------------------------------------
     def _next_token(self, req: SimRequest) -> int:

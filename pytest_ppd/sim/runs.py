@@ -33,14 +33,15 @@ def decode_run(engine: Engine, batch: Batch) -> list[float] | np.ndarray | None:
     """Step times of the decode steps ``batch`` starts, up to the first that finishes a request, when only an
     outside event can change them: nothing waits, and every request in it is past its first token. None when
     that does not hold or the run is one step."""
-    if (batch.kind != "decode" or engine.waiting or engine.prefilled or engine.chunking is not None
-            or engine.mode == "prefill" or not all(r.output_ids for r, _ in batch.items)):
-        return None
-    steps = min(r.max_new_tokens - len(r.output_ids) for r, _ in batch.items)
+    contexts = batch.contexts
+    if (contexts is None or len(contexts) != len(batch.items) or engine.waiting or engine.prefilled
+            or engine.chunking is not None or engine.mode == "prefill"):
+        return None  # not a decode batch, or one with a request at its first token, or a queue
+    steps = min([r.max_new_tokens - len(r.output_ids) for r, _ in batch.items])
     if steps < 2:
         return None
     eager = engine.graph_max_bs is not None and len(batch.items) > engine.graph_max_bs
-    return engine.cost.decode_step_times([r.prompt_len + len(r.output_ids) for r, _ in batch.items], steps, eager)
+    return engine.cost.decode_step_times(contexts, steps, eager)
 
 
 @dataclass(eq=False)
@@ -99,7 +100,7 @@ class DecodeRun:
             return
         steps, times, vocab = upto - self.applied, self.ends_ns[self.applied:upto], engine.vocab
         owns, span = steps - 1 if final else steps, _STRIDE * steps  # a step allocates its next one's slot
-        get = flights.get
+        get, first_ns, last_ns = flights.get, times[0], times[-1]
         for req, _ in self.batch.items:
             if req.aborted:
                 continue
@@ -108,12 +109,16 @@ class DecodeRun:
             out += [x % vocab for x in range(first, first + span, _STRIDE)]
             req.owned += owns
             flight = get(id(req))
-            if flight is not None:  # the ids are in its handle already (one list); their times
-                stretch = flight.stretch_ns or 0
-                if every:
-                    flight.handle.token_ns += times if not stretch else [t + stretch for t in times]
-                else:
-                    keep_ends(flight.handle.token_ns, steps, times[0] + stretch, times[-1] + stretch)
+            if flight is None:
+                continue
+            # the ids are in its handle already (one list); their times
+            stretch, token_ns = flight.stretch_ns or 0, flight.handle.token_ns
+            if every:
+                token_ns += times if not stretch else [t + stretch for t in times]
+            elif len(token_ns) > 1:  # nodes.keep_ends, inline: the usual case, a token before and one since
+                token_ns[-1] = last_ns + stretch
+            else:
+                keep_ends(token_ns, steps, first_ns + stretch, last_ns + stretch)
         self.applied = upto
 
 
