@@ -26,7 +26,6 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig
 from pytest_ppd.sim.deployment import Deployment, _Flight
 from pytest_ppd.sim.nodes import Node, Request
-from pytest_ppd.sim.radix import TOKEN_BYTES
 
 
 class RoutedDeployment(Deployment):
@@ -80,7 +79,7 @@ class RoutedDeployment(Deployment):
             return serving, None
         if self.rule is not None:
             prompt = len(handle.input_ids)  # SGLang never reuses the last token:
-            cached = serving.engine.cache.match_prefix(ids[: (prompt - 1) * TOKEN_BYTES]).length
+            cached = serving.engine.cache.match_prefix(ids, prompt - 1).length
             if self.rule.local(prompt - cached, self.prefill_queue()):
                 return serving, None
         return serving, self.prefill_policy.pick(self.prefill, ids, session, self.loads)

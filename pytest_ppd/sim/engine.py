@@ -14,7 +14,7 @@ from functools import partial
 from typing import Callable, Literal, Sequence
 
 from pytest_ppd.sim.costmodel import CostModel, Extend
-from pytest_ppd.sim.radix import TOKEN_BYTES, Match, RadixCache, _Node, encode
+from pytest_ppd.sim.radix import Match, RadixCache, _Node, encode
 
 Mode = Literal["null", "prefill", "decode"]
 
@@ -187,7 +187,7 @@ class Engine:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             req = self.waiting[0]
-            match = self.cache.match_prefix(req.key[: (req.prompt_len - 1) * TOKEN_BYTES])
+            match = self.cache.match_prefix(req.key, req.prompt_len - 1)
             self.cache.lock(match.node)
             need = req.prompt_len - match.length + req.max_new_tokens
             if not self._make_room(need):
@@ -276,7 +276,7 @@ class Engine:
         if self.mode == "decode" or self.cache.disabled:
             return
         start = Match(req.node_len, req.node) if req.node is not None else None  # walk on from its node
-        moved, match = self.cache.insert_and_match(req.key[: req.computed * TOKEN_BYTES], start=start)  # the tree's
+        moved, match = self.cache.insert_and_match(req.key, start=start, tokens=req.computed)  # the tree's
         req.owned -= moved
         req.budget -= moved  # what it still needs is unchanged
         self.cache.lock(match.node)

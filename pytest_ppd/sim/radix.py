@@ -41,10 +41,10 @@ def ids_view(key: bytes) -> Sequence[int]:
     return list(struct.unpack(f"<{len(key) // TOKEN_BYTES}q", key))
 
 
-def _common_prefix_len(a: bytes, b: bytes, start: int, unit: int) -> int:
-    """Bytes of the longest common prefix of a and b[start:], in whole units (a page of token ids): the lowest
+def _common_prefix_len(a: bytes, b: bytes, start: int, end: int, unit: int) -> int:
+    """Bytes of the longest common prefix of a and b[start:end], in whole units (a page of token ids): the lowest
     set bit of their little-endian XOR is the first byte that differs (a few C-speed passes, no search)."""
-    size = min(len(a), len(b) - start) // unit * unit
+    size = min(len(a), end - start) // unit * unit
     if size <= 0:
         return 0
     diff = int.from_bytes(a[:size], "little") ^ int.from_bytes(b[start:start + size], "little")
@@ -109,19 +109,22 @@ class RadixCache:
     def _page_key(self, key: bytes) -> bytes:
         return key[: self.unit]
 
-    def _aligned(self, ids: Ids) -> bytes:
+    def _aligned(self, ids: Ids, tokens: int | None) -> tuple[bytes, int]:
+        """The key and the bytes of it that count: its first ``tokens`` (default all), whole pages."""
         key = encode(ids)
-        return key[: len(key) - len(key) % self.unit]
+        end = len(key) if tokens is None else min(max(tokens, 0) * TOKEN_BYTES, len(key))
+        return key, end - end % self.unit
 
-    def match_prefix(self, ids: Ids) -> Match:
-        """Longest cached, page-aligned prefix of ids (token ids, or their key); touches the path for LRU."""
+    def match_prefix(self, ids: Ids, tokens: int | None = None) -> Match:
+        """Longest cached, page-aligned prefix of ids (token ids, or their key), or of their first ``tokens``
+        (no copy of the key is made); touches the path for LRU."""
         if self.disabled:
             return Match(0, self.root)
-        key = self._aligned(ids)
-        return self._match(key)
+        return self._match(*self._aligned(ids, tokens))
 
-    def _match(self, key: bytes, start: Match | None = None) -> Match:
-        node, matched, stamp, unit, end = self.root, 0, next(self._clock), self.unit, len(key)
+    def _match(self, key: bytes, end: int, start: Match | None = None) -> Match:
+        """The walk of key[:end] (whole pages)."""
+        node, matched, stamp, unit = self.root, 0, next(self._clock), self.unit
         if start is not None and start.node.parent is not None and start.length * TOKEN_BYTES <= end:
             # start.node's path spells key[:start.length] (a locked node keeps it: it is split above, never
             # evicted): a walk from the root would cross it whole, so stamp it as that walk would, then go on.
@@ -134,11 +137,11 @@ class RadixCache:
             child = node.children.get(key[matched:matched + unit])
             if child is None:
                 break
-            if key.startswith(child.key, matched):  # the whole edge (the usual case): one memcmp, no copy
+            if key.startswith(child.key, matched, end):  # the whole edge (the usual case): one memcmp, no copy
                 child.last_access = stamp
                 node, matched = child, matched + len(child.key)
                 continue
-            common = _common_prefix_len(child.key, key, matched, unit)
+            common = _common_prefix_len(child.key, key, matched, end, unit)
             if common == 0:
                 break
             child = self._split(child, common)
@@ -164,15 +167,17 @@ class RadixCache:
         """Cache ids (page-aligned); returns how many tokens were new. start: see insert_and_match."""
         return self.insert_and_match(ids, touch=False, start=start)[0]
 
-    def insert_and_match(self, ids: Ids, touch: bool = True, start: Match | None = None) -> tuple[int, Match]:
-        """Cache ids (page-aligned): (tokens that were new, what ``match_prefix(ids)`` now returns, its
-        path touched when ``touch``) in one walk. start: a match of a prefix of ids whose node is locked
-        since (or unchanged): the walk starts there instead of at the root, with the same result."""
+    def insert_and_match(self, ids: Ids, touch: bool = True, start: Match | None = None,
+                         tokens: int | None = None) -> tuple[int, Match]:
+        """Cache ids (page-aligned), or their first ``tokens``: (tokens that were new, what ``match_prefix`` of
+        the same now returns, its path touched when ``touch``) in one walk. start: a match of a prefix of ids
+        whose node is locked since (or unchanged): the walk starts there instead of at the root, with the same
+        result."""
         if self.disabled:
             return 0, Match(0, self.root)
-        key = self._aligned(ids)
-        match = self._match(key, start)
-        rest = key[match.length * TOKEN_BYTES:]
+        key, end = self._aligned(ids, tokens)
+        match = self._match(key, end, start)
+        rest = key[match.length * TOKEN_BYTES:end]
         node, new = match.node, len(rest) // TOKEN_BYTES
         if rest:
             node = _Node(key=rest, parent=match.node, last_access=next(self._clock))
@@ -186,7 +191,7 @@ class RadixCache:
                 up = up.parent  # type: ignore[assignment]
         if rest:
             self._candidate(node)
-        return new, Match(len(key) // TOKEN_BYTES, node)
+        return new, Match(end // TOKEN_BYTES, node)
 
     def lock(self, node: _Node) -> None:
         """Protect node and its ancestors from eviction (a running request uses them)."""
