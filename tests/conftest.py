@@ -8,6 +8,7 @@ import scipy.stats  # noqa: F401
 from hypothesis import HealthCheck, settings
 
 import pytest_ppd.analysis.study  # noqa: F401
+from pytest_ppd.sim.native import compiled
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=30, deadline=None)
@@ -30,3 +31,12 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
         terminalreporter.section("pytest-ppd reliability figures")
         for name, value in FIGURES.items():
             terminalreporter.write_line(f"{name}: {value}")
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
+    """On the compiled build (PPD_COMPILE=1) a test that patches or subclasses a compiled class cannot run."""
+    if compiled():
+        skip = pytest.mark.skip(reason="patches or subclasses a compiled class: runs on the pure-Python build")
+        for item in items:
+            if item.get_closest_marker("pure"):
+                item.add_marker(skip)

@@ -24,27 +24,29 @@ cases = st.tuples(st.sampled_from(DEPLOYMENTS), st.sampled_from(["rr", "cache", 
                   st.sampled_from(["fair", "fifo"]))
 
 
-def _run(case, requests=60, rate=None):
+def _run(case, requests=60, rate=None, count=False):
     deployment, policy, workload, seed, sharing = case
     spec = workload_spec(workload, requests=requests, **({"rate": rate} if rate else {}))
     split, _, rule = deployment.partition(":")
     spec_ = parse_deployment(split, 8, policy=policy, rule=rule or None)
     dep = build(spec_, Hardware(link_sharing=sharing))
     answered: list[str] = []
-    original = dep._answered
+    if count:  # every answer, as the deployment gives it (a patch: the pure build only)
+        original = dep._answered
 
-    def count(flight):
-        answered.append(flight.handle.rid)
-        original(flight)
+        def counted(flight):
+            answered.append(flight.handle.rid)
+            original(flight)
 
-    dep._answered = count  # type: ignore[method-assign]
+        dep._answered = counted  # type: ignore[method-assign]
     return replay_run(dep, generate(spec, seed=seed), deployment, 8), answered
 
 
+@pytest.mark.pure
 @settings(max_examples=12, deadline=None)
 @given(cases)
 def test_every_request_is_answered_exactly_once_with_the_tokens_it_asked_for(case):
-    run, answered = _run(case)
+    run, answered = _run(case, count=True)
     sent = [r for r in run.results if r.error is None]
     assert sorted(answered) == sorted(set(answered)) and len(answered) == len(sent) == len(run.results)
     assert all(r.ok and r.first_ns <= r.last_ns for r in run.results)

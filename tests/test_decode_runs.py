@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from pytest_ppd.sim.costmodel import CostModel, CostProfile
 from pytest_ppd.sim.deployment import Deployment
 from pytest_ppd.sim.nodes import NS
-from pytest_ppd.sim.runs import DecodeRun
+from pytest_ppd.sim.engine import Batch
+from pytest_ppd.sim.runs import DecodeRun, _round_half_even
 from pytest_ppd.roofline import attention_flops
 from pytest_ppd.specs import gpu_spec, model_spec
 
@@ -105,8 +106,16 @@ def test_decode_steps_are_decode_time_bit_for_bit(contexts, steps, model, gpu, t
        now=st.integers(0, 10 ** 15))
 def test_a_runs_step_ends_are_the_rounded_sums_of_its_steps(durations, now):
     """Long runs take their ends from arrays, short ones from a loop: both are this, to the nanosecond."""
-    ends, expected = DecodeRun.start(None, durations, now).ends_ns, []  # type: ignore[arg-type]
+    ends, expected = DecodeRun.start(Batch("decode", (), lambda: 0.0), durations, now).ends_ns, []
     for d in durations:
         now += max(int(round(d * NS)), 1)
         expected.append(now)
     assert ends == expected and all(type(e) is int for e in ends)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.one_of(st.floats(0.0, 2.0 ** 52, allow_nan=False, allow_infinity=False),
+                   st.integers(0, 2 ** 40).map(lambda i: i + 0.5)))
+def test_the_compiled_builds_rounding_is_pythons_round_half_to_even(x):
+    """A compiled build sums a short run's steps with runs._round_half_even (round() is a generic call there)."""
+    assert _round_half_even(x) == round(x)

@@ -152,6 +152,7 @@ def test_calls_due_together_run_in_the_order_pushed_or_reserved():
     assert ran == ["reserved first", "reserved second", "pushed"]
 
 
+@pytest.mark.pure
 def test_a_request_aborted_by_anothers_answer_keeps_only_the_tokens_it_received():
     """Engine and client share a request's id list; an abort from a callback in the middle of one step's
     deliveries drops the ids of that step not yet delivered (every id the client holds has its time)."""

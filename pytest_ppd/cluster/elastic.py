@@ -33,6 +33,7 @@ from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.args import SimConfig
 from pytest_ppd.sim.deployment import _Flight
 from pytest_ppd.sim.nodes import Node, Request, node_for, to_ns
+from pytest_ppd.sim.native import picklable
 
 
 @dataclass(frozen=True)
@@ -247,3 +248,6 @@ class Schedule:
             if not seen or seen[-1] != text:
                 seen.append(text)
         return ">".join(seen if len(seen) <= 4 else [seen[0], "..", seen[-1]])
+
+
+picklable(Resplit, Split, Observed, Schedule)

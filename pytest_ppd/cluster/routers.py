@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.sim.nodes import Node
 from pytest_ppd.sim.radix import TOKEN_BYTES, RadixCache, encode
+from pytest_ppd.sim.native import picklable
 
 Loads = Callable[[Sequence[Node]], list[int]]  # a group's loads, in its order (one call per pick, not per engine)
 
@@ -145,6 +146,8 @@ class Rule:
             return not (uncached > self.threshold and prefill_queue < self.max_queue)
         return uncached < self.threshold
 
+
+picklable(Rule)
 
 RULES: dict[str, int] = {"dynamo-v0": 1000, "vllm-ppd": 512, "llmd": 1024}  # name -> default threshold
 

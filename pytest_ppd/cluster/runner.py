@@ -23,6 +23,7 @@ from pytest_ppd.cluster.trace import BlockTokens
 from pytest_ppd.cluster.workload import Trace
 from pytest_ppd.sim.nodes import Request
 from pytest_ppd.sim.radix import ids_view
+from pytest_ppd.sim.native import picklable
 
 MS = 1_000_000  # ns
 Progress = Callable[[int, int, int], None]  # (requests answered, of, virtual now ns)
@@ -94,6 +95,8 @@ class Run:
     events: int
     wall_s: float
 
+
+picklable(RequestResult, Run)
 
 def _result(index: int, session: str | None, expected: int, h: Request) -> RequestResult:
     return RequestResult(index, session, len(h.input_ids), expected, len(h.output_ids),

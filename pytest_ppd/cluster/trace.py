@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from hashlib import blake2b, shake_128
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -114,7 +114,7 @@ class BlockTokens:
     replays one trace many times (``shared``) draws each block once."""
 
     MEMO = 16384  # blocks kept: 64 MiB of 512-token blocks
-    _shared: dict[tuple[int, int, int], "BlockTokens"] = {}
+    _shared: ClassVar[dict[tuple[int, int, int], "BlockTokens"]] = {}
 
     def __init__(self, vocab_size: int, *, block_tokens: int = BLOCK_TOKENS, salt: int = 0) -> None:
         if vocab_size <= 2 * _LOW:

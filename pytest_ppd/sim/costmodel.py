@@ -33,6 +33,7 @@ import numpy as np
 from pytest_ppd.errors import ConfigError
 from pytest_ppd.roofline import attention_flops, bound_s, gemm_peak_flops
 from pytest_ppd.sglang_defaults import ATTENTION_BACKEND
+from pytest_ppd.sim.native import mypyc_attr, picklable
 from pytest_ppd.specs import GpuSpec, ModelSpec
 
 # What GEMMs and HBM streams reach at best on H100-class parts.
@@ -129,9 +130,14 @@ class Extend:
     host_s: float = 0.0  # wall time the serving host already spent on it before the engine saw it
 
 
-VECTOR_STEPS = 24  # decode runs this long compute their step times as arrays (shorter ones: a loop is faster)
+picklable(CostProfile, Extend)
+
+# Decode runs this long compute their step times as arrays (shorter ones: a loop is faster; compiled, the loop is
+# faster at any length). Both give the same times to the last bit (tests/test_decode_runs.py).
+VECTOR_STEPS = 24 if __file__.endswith(".py") else 1 << 30
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # table, AIConfigurator and calibration models extend it
 class CostModel:
     """Maps a batch (extend chunks or decode contexts) to its step time."""
 
@@ -238,7 +244,8 @@ class CostModel:
                 times *= slowdown
             return times
         out: list[float] = []
-        for tokens in range(total + n, total + n + n * steps, n):  # the contexts, plus each new token
+        for j in range(1, steps + 1):
+            tokens = total + n * j  # the contexts, plus each new token
             attn = max(per_token * tokens / tp / flops_den, tokens * kv / tp / bytes_den)
             out.append((c0 + (linear + attn + allreduce)) * slowdown)
         return out

@@ -201,7 +201,8 @@ class Deployment(KvLinks, DecodeRuns):
                 _, kind, _, _, payload = pop(heap)
                 self.events += 1
                 if kind == _STEP_DONE:
-                    self._step_done(*payload)
+                    node, step = payload  # unpacked here: a compiled call with *args is a generic one
+                    self._step_done(node, step)
                 elif kind == _ADD:
                     node, req = payload
                     if id(req) in flights:
@@ -210,11 +211,13 @@ class Deployment(KvLinks, DecodeRuns):
                         node.engine.add(req)
                         self._woken.add(node)
                 elif kind == _KV_READY:
-                    self._kv_event(*payload)
+                    flight, what = payload
+                    self._kv_event(flight, what)
                 elif kind == _CALL:
                     payload()
                 else:
-                    self._link_event(*payload)
+                    node, version = payload
+                    self._link_event(node, version)
             # Only engines this instant touched can have a batch to start: an engine left idle or busy by
             # every event is where the last look left it (its queues, batch and pool are unchanged).
             woken, self._woken = sorted(self._woken, key=_PLACE), set()

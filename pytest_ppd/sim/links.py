@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Hashable
 
+from pytest_ppd.sim.native import trait
+
 if TYPE_CHECKING:
     from pytest_ppd.sim.nodes import Node
 
@@ -64,6 +66,7 @@ class SharedLink:
         return done
 
 
+@trait  # a mixin of Deployment (mypyc: a compiled class has one base class, plus traits)
 class KvLinks:
     """Mixed into Deployment: each hand-off's KV over the decode engine's link, FIFO or fairly shared."""
 

@@ -15,7 +15,6 @@ import heapq
 import itertools
 import struct
 import sys
-from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 TOKEN_BYTES = 8  # a key holds token ids as signed 64-bit integers, so prefixes compare as bytes (memcmp)
@@ -53,21 +52,37 @@ def _common_prefix_len(a: bytes, b: bytes, start: int, end: int, unit: int) -> i
     return ((diff & -diff).bit_length() - 1) // 8 // unit * unit
 
 
-@dataclass(eq=False)
 class _Node:
-    key: bytes = b""  # encode(token ids)
-    parent: "_Node | None" = None
-    children: dict[bytes, "_Node"] = field(default_factory=dict)
-    lock_ref: int = 0
-    last_access: int = 0
+    """A tree node; its key is the edge from its parent (encode(token ids)). Plain classes with their own
+    ``__init__`` here and below: made on every walk, and compiled (PPD_COMPILE=1) to native constructors."""
+
+    __slots__ = ("key", "parent", "children", "lock_ref", "last_access")
+
+    def __init__(self, key: bytes = b"", parent: "_Node | None" = None, lock_ref: int = 0,
+                 last_access: int = 0) -> None:
+        self.key, self.parent, self.lock_ref, self.last_access = key, parent, lock_ref, last_access
+        self.children: dict[bytes, _Node] = {}
+
+    def __repr__(self) -> str:
+        return f"_Node({len(self.key) // TOKEN_BYTES} tokens, lock_ref={self.lock_ref})"
 
 
-@dataclass(frozen=True)
 class Match:
-    """Result of a prefix lookup: the cached length and the node to lock."""
+    """Result of a prefix lookup: the cached length and the node to lock (a value: never changed)."""
 
-    length: int
-    node: _Node
+    __slots__ = ("length", "node")
+
+    def __init__(self, length: int, node: _Node) -> None:
+        self.length, self.node = length, node
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Match) and (self.length, self.node) == (other.length, other.node)
+
+    def __hash__(self) -> int:
+        return hash((self.length, id(self.node)))
+
+    def __repr__(self) -> str:
+        return f"Match(length={self.length}, node={self.node!r})"
 
 
 class RadixCache:
@@ -120,7 +135,8 @@ class RadixCache:
         (no copy of the key is made); touches the path for LRU."""
         if self.disabled:
             return Match(0, self.root)
-        return self._match(*self._aligned(ids, tokens))
+        key, end = self._aligned(ids, tokens)
+        return self._match(key, end)
 
     def _match(self, key: bytes, end: int, start: Match | None = None) -> Match:
         """The walk of key[:end] (whole pages)."""

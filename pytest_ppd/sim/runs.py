@@ -17,7 +17,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import Any, Final
+
+from pytest_ppd.sim.native import trait
 
 import numpy as np
 
@@ -26,7 +28,15 @@ from pytest_ppd.sim.engine import Batch, Engine
 from pytest_ppd.sim.nodes import NS, Node, keep_ends
 
 STEP_DONE = 2  # the deployment's event kind (sim/deployment.py)
-_STRIDE = 2654435761  # Engine._next_token's step from one of a request's tokens to the next
+_STRIDE: Final = 2654435761  # Engine._next_token's step from one of a request's tokens to the next
+_COMPILED: Final = not __file__.endswith(".py")  # this module runs compiled (PPD_COMPILE=1)
+
+
+def _round_half_even(x: float) -> int:
+    """round(x) for 0 <= x < 2**52: x - floor(x) is exact there."""
+    whole = int(x)
+    frac = x - whole
+    return whole + 1 if frac > 0.5 or (frac == 0.5 and whole & 1) else whole
 
 
 def decode_run(engine: Engine, batch: Batch) -> list[float] | np.ndarray | None:
@@ -61,6 +71,11 @@ class DecodeRun:
             steps = np.maximum(np.rint(np.asarray(durations) * NS), 1).astype(np.int64)
             steps[0] += now_ns
             ends = np.cumsum(steps).tolist()
+        elif _COMPILED:  # the same sums, in a loop a compiled build runs natively (round() would not)
+            ends, at = [], now_ns
+            for d in durations:
+                at += max(_round_half_even(d * NS), 1)
+                ends.append(at)
         else:
             ends = list(accumulate([max(int(round(d * NS)), 1) for d in durations], initial=now_ns))[1:]
         return cls(batch, durations, ends, len(ends))
@@ -122,6 +137,7 @@ class DecodeRun:
         self.applied = upto
 
 
+@trait  # a mixin of Deployment (mypyc: a compiled class has one base class, plus traits)
 class DecodeRuns:
     """Mixed into Deployment: start, cut short and settle each engine's decode run."""
 
