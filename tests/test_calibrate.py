@@ -126,11 +126,13 @@ def test_a_served_sims_own_parsing_is_credited_against_modeled_cpu_work():
 
     cost = CostModel(MODEL, GPU, replace(CostProfile(), request_cpu_s=0.001, token_cpu_s=0.0))
     bare = CostModel(MODEL, GPU, CostProfile())
-    chunks = [Extend(32, 1024, admitted_prompt=1056, host_s=0.0004 * i) for i in range(8)]
-    base = bare.extend_time(chunks)
-    assert cost.extend_time([replace(c, host_s=0.0) for c in chunks]) == pytest.approx(base + 0.008)
-    assert cost.extend_time(chunks) == pytest.approx(base + 0.008 - 0.0028)  # the last one waited 2.8 ms
-    assert cost.extend_time([replace(c, host_s=1.0) for c in chunks]) == pytest.approx(base)  # never below
+    def chunks(host_s):
+        return [Extend(32, 1024, admitted_prompt=1056, host_s=host_s(i)) for i in range(8)]
+
+    base = bare.extend_time(chunks(lambda i: 0.0004 * i))
+    assert cost.extend_time(chunks(lambda i: 0.0)) == pytest.approx(base + 0.008)
+    assert cost.extend_time(chunks(lambda i: 0.0004 * i)) == pytest.approx(base + 0.008 - 0.0028)  # waited 2.8 ms
+    assert cost.extend_time(chunks(lambda i: 1.0)) == pytest.approx(base)  # never below
 
 
 def test_the_two_step_recipe_recovers_a_planted_profile_in_virtual_time(pytester, capsys):

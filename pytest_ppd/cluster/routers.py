@@ -78,12 +78,13 @@ class CacheAware:
 
     def __init__(self, cache_threshold: float = 0.3, balance_abs: int = 64, balance_rel: float = 1.5) -> None:
         self.cache_threshold, self.balance_abs, self.balance_rel = cache_threshold, balance_abs, balance_rel
-        self.trees: _Trees = _Trees()  # engine -> the prompts this router sent it
+        self.trees: dict[Node, RadixCache] = {}  # engine -> the prompts this router sent it
 
     def pick(self, nodes: Sequence[Node], ids: Sequence[int] | bytes, session: str | None, loads: Loads) -> Node:
         key = encode(ids)  # once, for every tree
         each = loads(nodes)
-        trees = list(map(self.trees.__getitem__, nodes))
+        known = self.trees
+        trees = [known[n] if n in known else known.setdefault(n, RadixCache()) for n in nodes]
         low, high = min(each), max(each)
         start = None
         if high - low > self.balance_abs and high > self.balance_rel * low:
@@ -106,14 +107,6 @@ class CacheAware:
         if tree.total_size > node.cfg.pool_tokens:
             tree.evict(tree.total_size - node.cfg.pool_tokens)
         return node
-
-
-class _Trees(dict):
-    """A router's radix tree per engine, made on first use."""
-
-    def __missing__(self, node: Node) -> RadixCache:
-        tree = self[node] = RadixCache()
-        return tree
 
 
 POLICIES: dict[str, Callable[[], Policy]] = {"rr": RoundRobin, "cache": CacheAware, "sticky": Sticky}

@@ -119,18 +119,33 @@ class CostProfile:
         Path(path).write_text(json.dumps({"coefficients": asdict(self)}, indent=2) + "\n")
 
 
-@dataclass(frozen=True)
 class Extend:
-    """`new` tokens computed after `prefix` tokens already in the KV cache."""
+    """`new` tokens computed after `prefix` tokens already in the KV cache (a value: never changed; a plain
+    class, made per chunk, so that a compiled build constructs it natively)."""
 
-    new: int
-    prefix: int
-    logits: bool = True  # whether this chunk ends the prompt (one lm_head row)
-    admitted_prompt: int = 0  # the whole prompt's length when the request is admitted in this step
-    host_s: float = 0.0  # wall time the serving host already spent on it before the engine saw it
+    __slots__ = ("new", "prefix", "logits", "admitted_prompt", "host_s")
+
+    def __init__(self, new: int, prefix: int, logits: bool = True, admitted_prompt: int = 0,
+                 host_s: float = 0.0) -> None:
+        self.new, self.prefix = new, prefix
+        self.logits = logits  # whether this chunk ends the prompt (one lm_head row)
+        self.admitted_prompt = admitted_prompt  # the whole prompt's length when admitted in this step
+        self.host_s = host_s  # wall time the serving host already spent on it before the engine saw it
+
+    def _fields(self) -> tuple[int, int, bool, int, float]:
+        return self.new, self.prefix, self.logits, self.admitted_prompt, self.host_s
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Extend) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Extend(new={}, prefix={}, logits={}, admitted_prompt={}, host_s={})".format(*self._fields())
 
 
-picklable(CostProfile, Extend)
+picklable(CostProfile)
 
 # Decode runs this long compute their step times as arrays (shorter ones: a loop is faster; compiled, the loop is
 # faster at any length). Both give the same times to the last bit (tests/test_decode_runs.py).
