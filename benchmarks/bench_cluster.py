@@ -8,7 +8,9 @@
    The searches use PPD_JOBS worker processes (default: the CPUs); ``PPD_JOBS=1 python ...`` for one
    simulation after another.
 2. A multi-turn trace (workload ``multiturn``: ~6 turns per session, 1 s think time, context growing) of
-   100 000 requests on 32 GPUs behind the cache-aware router, aggregated and 8P24D.
+   100 000 requests on 32 GPUs behind the cache-aware router, aggregated and 8P24D; it says which build
+   ran (``PPD_COMPILE=1 pip install --no-build-isolation .`` into a venv of its own compiles the simulator
+   with mypyc; that venv's python runs this script on it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pytest_ppd.cluster.planners import ProfileModel
 from pytest_ppd.cluster.pool import jobs
 from pytest_ppd.cluster.strategy import make_strategy
 from pytest_ppd.cluster.study import Study
+from pytest_ppd.sim.native import compiled
 
 
 def seed003_large(profile: Path | None) -> None:
@@ -45,8 +48,9 @@ def seed003_large(profile: Path | None) -> None:
 def multiturn(requests: int) -> None:
     start = time.perf_counter()
     trace = generate(workload_spec("multiturn", requests=requests, rate=320.0), seed=0)
+    build = "compiled (PPD_COMPILE=1)" if compiled() else "pure Python (PPD_COMPILE=1 for the compiled build)"
     print(f"multi-turn trace: {requests} requests in {trace.sessions} sessions, drawn in "
-          f"{time.perf_counter() - start:.2f} s")
+          f"{time.perf_counter() - start:.2f} s; simulator: {build}")
     for deployment in ("agg", "8P24D"):
         run = simulate(parse_deployment(deployment, 32, policy="cache"), trace)
         tokens = sum(r.output_tokens for r in run.results)

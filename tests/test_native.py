@@ -33,6 +33,12 @@ def digests() -> list[str]:
     return out
 
 
+def test_the_build_is_the_one_expected():
+    """CI sets PPD_EXPECT_COMPILED=1 where it installed the compiled build: a pure import there is a failure."""
+    if os.environ.get("PPD_EXPECT_COMPILED") == "1":
+        assert compiled(), "expected the compiled build (PPD_COMPILE=1); the pure-Python modules were imported"
+
+
 def test_setup_compiles_modules_that_exist_and_reads_their_list_from_the_package():
     tree = ast.parse((ROOT / "setup.py").read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "compiled_modules" for n in tree.body)

@@ -9,7 +9,6 @@ come from an injected cost model; ordering is deterministic.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Literal, Sequence
 
@@ -19,39 +18,43 @@ from pytest_ppd.sim.radix import Match, RadixCache, _Node, encode
 Mode = Literal["null", "prefill", "decode"]
 
 
-@dataclass(eq=False)
 class SimRequest:
-    """One generate request as the engine tracks it; times are on the driver's clock (s)."""
+    """One generate request as the engine tracks it; times are on the driver's clock (s). A plain class with its
+    own ``__init__`` (one per request and engine; compiled, PPD_COMPILE=1, a native constructor)."""
 
-    rid: str
-    input_ids: Sequence[int]  # a list, or a read-only view of the key (radix.ids_view)
-    max_new_tokens: int
-    arrival_s: float
-    preset_first_token: int | None = None  # decode side of P/D: computed by the prefill engine
-    preset_cached_tokens: int = 0
-    host_s: float = 0.0  # wall time the HTTP server spent receiving and parsing it (0 in virtual runs)
-    cached_tokens: int = 0
-    computed: int = 0
-    output_ids: list[int] = field(default_factory=list)
-    owned: int = 0  # pool tokens held outside the radix tree
-    budget: int = 0  # pool tokens it may come to own (set at admission)
-    node: _Node | None = None  # its locked radix node, whose path spells its first node_len prompt tokens
-    node_len: int = 0
-    forward_entry_s: float | None = None
-    first_token_s: float | None = None
-    prefill_finished_s: float | None = None
-    finished_s: float | None = None
-    finish_reason: dict | None = None
-    aborted: bool = False
-    _key: bytes | None = field(default=None, repr=False)
-    prompt_len: int = field(init=False, repr=False)
-    token_base: int = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
+    def __init__(self, rid: str, input_ids: Sequence[int], max_new_tokens: int, arrival_s: float,
+                 preset_first_token: int | None = None, preset_cached_tokens: int = 0, host_s: float = 0.0,
+                 cached_tokens: int = 0, computed: int = 0, output_ids: list[int] | None = None,
+                 _key: bytes | None = None) -> None:
+        self.rid = rid
+        self.input_ids = input_ids  # a list, or a read-only view of the key (radix.ids_view)
+        self.max_new_tokens = max_new_tokens
+        self.arrival_s = arrival_s
+        self.preset_first_token = preset_first_token  # decode side of P/D: computed by the prefill engine
+        self.preset_cached_tokens = preset_cached_tokens
+        self.host_s = host_s  # wall time the HTTP server spent receiving and parsing it (0 in virtual runs)
+        self.cached_tokens = cached_tokens
+        self.computed = computed
+        self.output_ids: list[int] = [] if output_ids is None else output_ids
+        self.owned = 0  # pool tokens held outside the radix tree
+        self.budget = 0  # pool tokens it may come to own (set at admission)
+        self.node: _Node | None = None  # its locked radix node, whose path spells its first node_len prompt tokens
+        self.node_len = 0
+        self.forward_entry_s: float | None = None
+        self.first_token_s: float | None = None
+        self.prefill_finished_s: float | None = None
+        self.finished_s: float | None = None
+        self.finish_reason: dict | None = None
+        self.aborted = False
+        self._key = _key
         # Read at every step: attributes, not properties. Its output ids are (token_base + 2654435761 i) % vocab,
         # i = 1, 2, ... (a deterministic stand-in for sampling).
-        self.prompt_len = len(self.input_ids)
-        self.token_base = (self.input_ids[-1] if self.input_ids else 0) * 1103515245 + 12345
+        self.prompt_len = len(input_ids)
+        self.token_base = (input_ids[-1] if input_ids else 0) * 1103515245 + 12345
+
+    def __repr__(self) -> str:
+        return (f"SimRequest({self.rid!r}, {self.prompt_len} prompt tokens, {len(self.output_ids)}/"
+                f"{self.max_new_tokens} out, computed={self.computed}, cached={self.cached_tokens})")
 
     @property
     def key(self) -> bytes:
@@ -66,14 +69,20 @@ class SimRequest:
         return max(self.budget - self.owned, 0)
 
 
-@dataclass(eq=False)
 class Batch:
-    kind: Literal["extend", "decode"]
-    items: tuple[tuple[SimRequest, int], ...]  # (request, tokens computed for it)
-    step_time: Callable[[], float] = field(repr=False)  # its cost model's, asked once
-    contexts: list[int] | None = field(default=None, repr=False)  # decode: the contexts of its requests past
-    # their first token (all of them, when it has as many as items)
-    _duration_s: float | None = field(default=None, repr=False)
+    """One step's batch. Here and in Event, plain classes with their own ``__init__``: made at every step, and
+    compiled (PPD_COMPILE=1) to native constructors."""
+
+    __slots__ = ("kind", "items", "step_time", "contexts", "_duration_s")
+
+    def __init__(self, kind: Literal["extend", "decode"], items: tuple[tuple[SimRequest, int], ...],
+                 step_time: Callable[[], float], contexts: list[int] | None = None) -> None:
+        self.kind = kind
+        self.items = items  # (request, tokens computed for it)
+        self.step_time = step_time  # its cost model's, asked once
+        self.contexts = contexts  # decode: the contexts of its requests past their first token (all, when as many
+        # as items)
+        self._duration_s: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -82,14 +91,20 @@ class Batch:
             self._duration_s = self.step_time()
         return self._duration_s
 
+    def __repr__(self) -> str:
+        return f"Batch({self.kind!r}, {len(self.items)} requests)"
 
-@dataclass(frozen=True)
+
 class Event:
-    """What a completed batch means for one request."""
+    """What a completed batch means for one request (a value: never changed)."""
 
-    req: SimRequest
-    new_ids: tuple[int, ...]
-    finished: bool
+    __slots__ = ("req", "new_ids", "finished")
+
+    def __init__(self, req: SimRequest, new_ids: tuple[int, ...], finished: bool) -> None:
+        self.req, self.new_ids, self.finished = req, new_ids, finished
+
+    def __repr__(self) -> str:
+        return f"Event({self.req.rid!r}, {self.new_ids}, finished={self.finished})"
 
 
 class Engine:

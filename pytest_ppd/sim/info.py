@@ -7,6 +7,7 @@ scheduler's internal_state.py), from the engine's resolved configuration, plus a
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from pytest_ppd import __version__
@@ -37,7 +38,7 @@ def server_info_body(cfg: SimConfig, engine: Engine, profile: CostProfile, sim_e
                          "token_capacity": cfg.pool_tokens},
         "avg_spec_accept_length": None,
     }
-    sim = {"pytest_ppd": __version__, "gpu": cfg.gpu.name, "link": cfg.link.name, "profile": profile.__dict__,
+    sim = {"pytest_ppd": __version__, "gpu": cfg.gpu.name, "link": cfg.link.name, "profile": asdict(profile),
            "kv_bytes_per_token": kv, "cached_tokens_in_tree": engine.cache.total_size, **sim_extra}
     return {**args, "max_total_num_tokens": cfg.pool_tokens, "max_req_input_len": d.max_req_input_len,
             "internal_states": [internal], "version": "0.5.23", "sim": sim}
