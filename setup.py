@@ -1,9 +1,10 @@
 """Build hook: pure Python unless PPD_COMPILE=1, which compiles the simulator's hot path with mypyc.
 
-    pip install mypy && PPD_COMPILE=1 pip install --no-build-isolation .     # a compiled install
+    pip install -U mypy "setuptools>=68" wheel && rm -rf build && PPD_COMPILE=1 pip install --no-build-isolation .
 
 The modules it compiles are listed in pytest_ppd/sim/native.py. Not for editable installs: a compiled module
-would shadow its .py in the source tree, and an edit to the .py would go unseen.
+would shadow its .py in the source tree, and an edit to the .py would go unseen. ``rm -rf build`` first: setuptools
+packages whatever an earlier build left in build/lib (a module no longer compiled would stay compiled).
 """
 
 import ast
@@ -24,14 +25,15 @@ def compiled_modules() -> list[str]:
 
 ext_modules = []
 if os.environ.get("PPD_COMPILE") == "1":
-    if any("editable" in arg for arg in sys.argv):
+    if any("editable" in arg or arg == "develop" for arg in sys.argv):
         raise SystemExit("PPD_COMPILE=1 builds a regular install, not an editable one (compiled modules would "
                          "shadow the sources you edit): PPD_COMPILE=1 pip install --no-build-isolation .")
-    try:
-        from mypyc.build import mypycify
-    except ImportError:
-        raise SystemExit("PPD_COMPILE=1 needs mypy in the build environment: pip install mypy, then "
-                         "PPD_COMPILE=1 pip install --no-build-isolation .") from None
-    ext_modules = mypycify(compiled_modules(), opt_level="3")
+    if {"bdist_wheel", "build", "build_ext", "install", "bdist_egg"} & set(sys.argv):  # not for metadata
+        try:
+            from mypyc.build import mypycify
+        except ImportError:
+            raise SystemExit("PPD_COMPILE=1 needs mypy in the build environment: pip install mypy, then "
+                             "PPD_COMPILE=1 pip install --no-build-isolation .") from None
+        ext_modules = mypycify(compiled_modules(), opt_level="3")
 
 setup(ext_modules=ext_modules)

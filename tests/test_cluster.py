@@ -321,3 +321,8 @@ def test_cmd_cluster_draws_a_progress_bar_on_a_terminal_unless_quiet(tmp_path, c
     assert err.endswith("\r")  # cleared before the table's row
     assert _cli(*argv, "--quiet") == 0
     assert "\r" not in capsys.readouterr().err
+
+
+def test_a_trace_request_with_too_few_hash_ids_is_one_error_naming_the_fix():
+    with pytest.raises(ConfigError, match="needs 3 hash_ids of 512 tokens, it has 2"):
+        BlockTokens(128256).key(TraceRequest(1100, 4, (1, 2), 0))

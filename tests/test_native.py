@@ -2,6 +2,7 @@
 results, bit for bit. CI installs it in a second environment and runs this file there."""
 
 import ast
+import copy
 import hashlib
 import os
 import pickle
@@ -15,6 +16,7 @@ import pytest
 from pytest_ppd.cluster import generate, parse_deployment, simulate, workload_spec
 from pytest_ppd.cluster.routers import Rule
 from pytest_ppd.cluster.runner import RequestResult
+from pytest_ppd.sim.costmodel import Extend
 from pytest_ppd.sim.native import COMPILED, compiled, trait
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +53,16 @@ def test_trait_is_a_marker_and_frozen_results_pickle_by_their_fields():
         pass
 
     assert trait(Mixin) is Mixin
+    chunk = Extend(5, 7, logits=False, admitted_prompt=12, host_s=0.5)
+    assert pickle.loads(pickle.dumps(chunk)) == chunk and copy.deepcopy(chunk) == chunk
     r = RequestResult(3, "s", 10, 4, 4, 2, 5, 6, 9, "colocated0", None)
     assert pickle.loads(pickle.dumps(r)) == r and pickle.loads(pickle.dumps(Rule("llmd", 7))) == Rule("llmd", 7)
     with pytest.raises(FrozenInstanceError):
         r.index = 4  # type: ignore[misc]
 
 
-@pytest.mark.skipif(not compiled(), reason="the compiled build is not installed here "
-                    "(pip install mypy && PPD_COMPILE=1 pip install --no-build-isolation .)")
+@pytest.mark.skipif(not compiled(), reason="this process imported the pure modules: no compiled build installed "
+                    "(README: PPD_COMPILE=1), or the source tree comes first on sys.path (run pytest with python -P)")
 def test_the_compiled_build_gives_the_pure_builds_results_bit_for_bit():
     from pytest_ppd.sim import engine
 

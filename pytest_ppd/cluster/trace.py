@@ -107,7 +107,7 @@ def read_trace(path: str | Path, *, name: str | None = None) -> Trace:
 
 class BlockTokens:
     """Token ids for hash ids: block ``h`` is the same 512 ids wherever it appears, so shared ids are a
-    shared prefix in the radix cache; ids are drawn in [1000, vocab - 1) from SHAKE-128 of (salt, h).
+    shared prefix in the radix cache; ids are drawn in [1000, vocab - 1) from a BLAKE2 seed of (salt, h).
 
     Blocks are kept (packed, 8 bytes a token) up to ``MEMO`` of them, the oldest made forgotten first: a
     later turn asks again for its conversation's last block soon after it was made, and a search that
@@ -138,7 +138,8 @@ class BlockTokens:
         """Block h's ids as key bytes (``radix.encode``)."""
         ids = self._blocks.get(h)
         if ids is None:
-            # Token k of block h: a bijective 64-bit mix of (block's seed XOR lane k's constant), reduced into
+            # Token k of block h: a bijective 64-bit mix (two xorshift-multiply rounds with SplitMix64's
+            # multipliers) of (block's seed XOR lane k's constant), reduced into
             # [_LOW, vocab - 1). Two blocks' ids agree at a lane with chance 1 / range, lane by lane, as if drawn
             # at random; the same ids with any numpy (integer operations only), at a third of a SHAKE stream's cost.
             seed = np.uint64(int.from_bytes(blake2b(f"ppd-block:{self.salt}:{h}".encode(), digest_size=8).digest(),
@@ -168,6 +169,9 @@ class BlockTokens:
         """The pieces of key(req, start), in order: its blocks, the first and the last cut (views, no copies)."""
         bt, size = self.block_tokens, TOKEN_BYTES
         first, need = start // bt, -(-req.input_length // bt)
+        if len(req.hash_ids) < need:
+            raise ConfigError(f"a trace request of {req.input_length} tokens needs {need} hash_ids of "
+                              f"{bt} tokens, it has {len(req.hash_ids)}: give one hash id per block")
         parts: list[bytes | memoryview] = [self._block(h) for h in req.hash_ids[first:need]]
         if not parts:
             return parts

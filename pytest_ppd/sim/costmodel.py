@@ -24,6 +24,7 @@ coefficients live in a profile (JSON), which ``ppd calibrate`` can fit.
 from __future__ import annotations
 
 import json
+from importlib.machinery import EXTENSION_SUFFIXES
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -144,12 +145,15 @@ class Extend:
     def __repr__(self) -> str:
         return "Extend(new={}, prefix={}, logits={}, admitted_prompt={}, host_s={})".format(*self._fields())
 
+    def __reduce__(self) -> tuple[type, tuple[int, int, bool, int, float]]:
+        return Extend, self._fields()  # pickled and copied as a call (compiled, it has no other way)
+
 
 picklable(CostProfile)
 
 # Decode runs this long compute their step times as arrays (shorter ones: a loop is faster; compiled, the loop is
 # faster at any length). Both give the same times to the last bit (tests/test_decode_runs.py).
-VECTOR_STEPS = 24 if __file__.endswith(".py") else 1 << 30
+VECTOR_STEPS = 1 << 30 if __file__.endswith(tuple(EXTENSION_SUFFIXES)) else 24
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # table, AIConfigurator and calibration models extend it

@@ -10,6 +10,7 @@ give the same results, bit for bit (tests/test_native.py compares them).
 from __future__ import annotations
 
 import copyreg
+from importlib.machinery import EXTENSION_SUFFIXES
 from dataclasses import fields
 from typing import Any, Callable, TypeVar
 
@@ -35,7 +36,7 @@ def compiled() -> bool:
     """True when this process runs the compiled engine core (a PPD_COMPILE=1 install)."""
     from pytest_ppd.sim import engine
 
-    return not (engine.__file__ or "").endswith(".py")
+    return (engine.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
 
 
 def picklable(*classes: type) -> None:

@@ -15,6 +15,7 @@ bit for bit; only the events in between are never created.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from importlib.machinery import EXTENSION_SUFFIXES
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Final
@@ -29,7 +30,7 @@ from pytest_ppd.sim.nodes import NS, Node, keep_ends
 
 STEP_DONE = 2  # the deployment's event kind (sim/deployment.py)
 _STRIDE: Final = 2654435761  # Engine._next_token's step from one of a request's tokens to the next
-_COMPILED: Final = not __file__.endswith(".py")  # this module runs compiled (PPD_COMPILE=1)
+_COMPILED: Final = __file__.endswith(tuple(EXTENSION_SUFFIXES))  # this module runs compiled (PPD_COMPILE=1)
 
 
 def _round_half_even(x: float) -> int:
